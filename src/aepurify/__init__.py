@@ -1,0 +1,25 @@
+"""aepurify: autoencoder-based adversarial purification of image classifiers.
+
+Train purifiers (MagNet, S2SNets, feature-loss DAEs, APuDAE, patch-wise VAEs, and the JPEG /
+bit-depth / median baselines) in front of any PyTorch classifier, attack the defended classifier
+under every threat model the field uses (gray-box, white-box, BPDA, EOT, adaptive, transfer), and
+report how much robustness is real.
+
+Pixels are float tensors (N, C, H, W) in [0, 1] everywhere; epsilons are on that scale.
+
+    >>> import aepurify as ap
+    >>> test = ap.load_dataset("mnist", "test")
+    >>> clf = ap.create_classifier("lenet", dataset="mnist")
+    >>> defended = ap.DefendedClassifier(clf, ap.create_purifier("jpeg", quality=50))
+"""
+
+from .data import ImageDataset, load_dataset
+from .errors import AepurifyError, CheckpointError, ConfigError, DataError, InputError
+from .models import create_classifier, load_classifier
+from .purifiers import DefendedClassifier, Purifier, create_purifier, load_purifier
+from .version import __version__, code_version
+
+__all__ = ["__version__", "code_version", "load_dataset", "ImageDataset", "create_classifier",
+           "load_classifier", "create_purifier", "load_purifier", "Purifier",
+           "DefendedClassifier", "AepurifyError", "CheckpointError", "ConfigError", "DataError",
+           "InputError"]
