@@ -1,0 +1,172 @@
+"""Checkpoints: ``model.safetensors`` (weights) + ``config.json`` (what to build, how it was
+trained, seed, code version). Never pickle.
+
+Modules that can be checkpointed inherit :class:`Configurable`, which records the keyword
+arguments they were built with (``hparams``), so a checkpoint can rebuild the same architecture
+before loading weights, and loading checks every tensor's name and shape against it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError, ConfigError
+from .registry import Registry
+from .version import code_version
+
+FORMAT = "aepurify-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class Configurable:
+    """Mixin that records constructor arguments (defaults filled in) as ``self.hparams``.
+
+    Put it before ``nn.Module`` in the bases. ``hparams`` must be JSON-serialisable (numbers,
+    strings, lists, dicts) for the module to be saved.
+    """
+
+    hparams: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any):  # noqa: ANN204
+        obj = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        except TypeError:
+            bound = None  # __init__ will raise the real error with a better message
+        if bound is not None:
+            bound.apply_defaults()
+            params = {k: v for k, v in list(bound.arguments.items())[1:]}
+            extra = params.pop("kwargs", {}) if "kwargs" in params else {}
+            object.__setattr__(obj, "hparams", _jsonable({**params, **extra}))
+        return obj
+
+
+def save_checkpoint(module: torch.nn.Module, directory: str | Path, *, kind: str, name: str,
+                    **metadata: Any) -> Path:
+    """Save ``module`` as ``directory/model.safetensors`` + ``directory/config.json``.
+
+    Args:
+        module: a :class:`Configurable` module.
+        directory: created if needed; existing files are replaced.
+        kind: ``"classifier"`` or ``"purifier"``.
+        name: the registry name that rebuilds the module.
+        metadata: anything JSON-serialisable to record (data set, training settings and
+            metrics, seed, ...). The code version and time are added.
+
+    Returns:
+        The checkpoint directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "name": name,
+        "hparams": getattr(module, "hparams", {}),
+        **_jsonable(metadata),
+        "code_version": code_version(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp_weights = directory / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp_weights), metadata={"format": FORMAT, "kind": kind, "name": name})
+    tmp_weights.replace(directory / WEIGHTS)
+    (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    """Read and sanity-check ``config.json`` of a checkpoint.
+
+    Raises:
+        CheckpointError: missing directory or files, unreadable JSON, not an aepurify checkpoint.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoint at {directory}: not a directory")
+    for fname in (WEIGHTS, CONFIG):
+        if not (directory / fname).is_file():
+            raise CheckpointError(f"no checkpoint at {directory}: {fname} is missing")
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"corrupt checkpoint config {directory / CONFIG}: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{directory / CONFIG} is not an aepurify checkpoint config")
+    return config
+
+
+def load_checkpoint(directory: str | Path, registry: Registry, *, kind: str,
+                    expect_name: str | None = None, map_location: str | torch.device = "cpu",
+                    ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a module from a checkpoint and load its weights, checking that they match.
+
+    Args:
+        directory: checkpoint directory.
+        registry: the registry to rebuild from (classifiers or purifiers).
+        kind: the kind expected (``"classifier"``/``"purifier"``).
+        expect_name: if given, the registry name the checkpoint must hold.
+        map_location: device for the weights.
+
+    Returns:
+        (module in eval mode, config dict).
+
+    Raises:
+        CheckpointError: missing/corrupt files, another kind or architecture, or weights whose
+            names or shapes do not match the architecture.
+    """
+    directory = Path(directory)
+    config = read_checkpoint_config(directory)
+    if config.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {directory} holds a {config.get('kind')} "
+                              f"{config.get('name')!r}, expected a {kind}")
+    name = config.get("name")
+    if expect_name is not None and name != expect_name:
+        raise CheckpointError(f"checkpoint {directory} holds {kind} {name!r}, "
+                              f"but {expect_name!r} was asked for")
+    try:
+        module = registry.create(name, **config.get("hparams", {}))
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {directory} cannot be rebuilt: {exc}") from None
+    try:
+        state = load_file(str(directory / WEIGHTS), device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"corrupt weights file {directory / WEIGHTS}: {exc}") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                         f"{' ...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(f"checkpoint {directory} does not match architecture {name!r}: "
+                              f"{'; '.join(parts)}")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {directory} does not match architecture {name!r}: {key} has shape "
+                f"{list(state[key].shape)} in the file, {list(tensor.shape)} in the model")
+    module.load_state_dict(state, strict=True)
+    module.to(map_location).eval()
+    return module, config
