@@ -1,0 +1,129 @@
+"""The purifier contract and the defended classifier (DESIGN.md, "Core interfaces").
+
+A purifier maps images (N, C, H, W) in [0, 1] to purified images of the same shape in [0, 1].
+It declares how an attacker may differentiate it:
+
+- ``differentiable``: exact gradients flow through ``forward`` (white-box applies);
+- ``stochastic``: ``forward`` draws randomness, so an honest attack needs EOT;
+- ``surrogate(x)``: the differentiable approximation BPDA backpropagates through (identity by
+  default, Athalye, Carlini and Wagner, ICML 2018).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..checkpoint import Configurable
+from ..checks import check_images
+
+if TYPE_CHECKING:
+    from ..data import ImageDataset
+    from ..training.settings import TrainSettings
+
+
+class Purifier(Configurable, nn.Module):
+    """Base class of every purifier.
+
+    Subclasses implement :meth:`purify`; trainable ones also :meth:`training_loss` (or override
+    :meth:`fit` for multi-stage training).
+
+    Class attributes:
+        differentiable: exact gradients flow through forward.
+        stochastic: forward is random (EOT needed).
+        trainable: has weights that must be fitted before use.
+        needs_classifier: training uses the defended classifier (so its cache key includes it).
+        default_eot_samples: EOT draws used when a config does not say.
+        paper: the paper the purifier follows.
+
+    Args:
+        in_channels: expected C, or None to accept any number of channels.
+
+    Shapes:
+        forward, surrogate: (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1].
+
+    Raises:
+        InputError: (from forward) not a float (N, C, H, W) tensor, wrong C, or values outside
+            [0, 1].
+    """
+
+    differentiable: ClassVar[bool] = True
+    stochastic: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False
+    needs_classifier: ClassVar[bool] = False
+    default_eot_samples: ClassVar[int] = 10
+    paper: ClassVar[str] = ""
+
+    def __init__(self, in_channels: int | None = None) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, channels=self.in_channels)
+        return self.purify(x)
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        """The purification itself, on validated input. Override this."""
+        raise NotImplementedError
+
+    def surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable approximation of :meth:`forward` for BPDA (identity by default)."""
+        return x
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor,
+                      classifier: nn.Module | None = None) -> torch.Tensor:
+        """Scalar loss for one batch of clean images ``x`` (N, C, H, W) in [0, 1] and labels
+        ``y`` (N,). Trainable purifiers override this."""
+        raise NotImplementedError(f"{type(self).__name__} is not trainable")
+
+    def fit(self, train: ImageDataset, settings: TrainSettings,
+            classifier: nn.Module | None = None, device: torch.device | str = "cpu"
+            ) -> dict[str, Any]:
+        """Train on ``train`` with the generic loop over :meth:`training_loss`.
+
+        Returns:
+            Training metrics to record in the checkpoint (e.g. final loss).
+        """
+        from ..training.loops import fit_purifier
+
+        return fit_purifier(self, train, settings, classifier=classifier, device=device)
+
+    def properties(self) -> dict[str, Any]:
+        """Declared properties, for reports and threat-model checks."""
+        return {"differentiable": self.differentiable, "stochastic": self.stochastic,
+                "trainable": self.trainable, "surrogate": self.surrogate_name()}
+
+    def surrogate_name(self) -> str:
+        return "identity" if type(self).surrogate is Purifier.surrogate else type(self).__name__
+
+
+class Identity(Purifier):
+    """No purification: the undefended classifier (purifier name ``none``)."""
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class DefendedClassifier(nn.Module):
+    """``logits = classifier(purifier(x))`` as one ``nn.Module``.
+
+    Args:
+        classifier: maps (N, C, H, W) in [0, 1] to logits (N, K).
+        purifier: a :class:`Purifier`.
+
+    Shapes:
+        (N, C, H, W) in [0, 1] -> logits (N, K).
+
+    Raises:
+        InputError: (from forward) images of the wrong shape or outside [0, 1].
+    """
+
+    def __init__(self, classifier: nn.Module, purifier: Purifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.purifier = purifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.purifier(x))
