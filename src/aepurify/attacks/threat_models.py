@@ -1,0 +1,181 @@
+"""Threat models: what the attacker may differentiate (METHODS.md, "Conventions").
+
+A threat model turns a defended classifier into the module an attack differentiates; the
+adversarial examples are always *evaluated* on the real defended classifier.
+
+- ``gray-box`` (oblivious): gradients of the bare classifier; the purifier is unknown.
+- ``white-box``: gradients through purifier and classifier end to end (exact; needs a
+  differentiable purifier).
+- ``bpda``: Backward Pass Differentiable Approximation (Athalye, Carlini and Wagner, ICML 2018):
+  forward through the real purifier, backward through its ``surrogate``.
+- ``eot``: Expectation over Transformation: average over k draws of the purifier's randomness;
+  composes with white-box or bpda (``white-box+eot``, ``bpda+eot``); plain ``eot`` means
+  white-box+eot for a differentiable purifier and bpda+eot otherwise.
+- ``transfer``: examples crafted on another classifier (the source), evaluated on this one.
+- ``adaptive``: the purifier's own adaptive attack (defense-specific; see each purifier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, NotApplicableError
+from ..purifiers.base import DefendedClassifier, Purifier
+
+BASES = ("gray-box", "white-box", "bpda", "transfer", "adaptive")
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """A resolved threat model.
+
+    Attributes:
+        base: one of ``gray-box``, ``white-box``, ``bpda``, ``transfer``, ``adaptive``.
+        eot: average over ``eot_samples`` draws of the purifier's randomness.
+        eot_samples: k, the number of draws per gradient.
+    """
+
+    base: str
+    eot: bool = False
+    eot_samples: int = 1
+
+    @property
+    def name(self) -> str:
+        """Name as written in result rows, e.g. ``bpda+eot``."""
+        return f"{self.base}+eot" if self.eot else self.base
+
+    @property
+    def uses_purifier_gradients(self) -> bool:
+        """Whether the attack module depends on the purifier (so it is crafted per purifier)."""
+        return self.base in ("white-box", "bpda", "adaptive")
+
+
+def parse_threat_model(text: str) -> tuple[str, bool]:
+    """Split ``"bpda+eot"`` into ``("bpda", True)``; plain ``"eot"`` gives ``("", True)``.
+
+    Raises:
+        ConfigError: unknown part, or eot combined with gray-box or transfer (those attackers
+            never see the purifier's randomness).
+    """
+    parts = [p.strip() for p in text.split("+") if p.strip()]
+    eot = "eot" in parts
+    rest = [p for p in parts if p != "eot"]
+    if len(rest) > 1 or (not rest and not eot) or parts.count("eot") > 1:
+        raise ConfigError(f"unknown threat model {text!r}; use one of {', '.join(BASES)}, "
+                          "optionally with +eot")
+    base = rest[0] if rest else ""
+    if base and base not in BASES:
+        raise ConfigError(f"unknown threat model {base!r} in {text!r}; use one of "
+                          f"{', '.join(BASES)}, optionally with +eot")
+    if eot and base in ("gray-box", "transfer"):
+        raise ConfigError(f"{text!r}: eot needs gradients through the purifier; combine it with "
+                          "white-box or bpda")
+    return base, eot
+
+
+def resolve_threat_model(text: str, purifier: Purifier, eot_samples: int | None = None
+                         ) -> ThreatModel:
+    """The threat model ``text`` applied to ``purifier``.
+
+    Raises:
+        ConfigError: malformed name.
+        NotApplicableError: white-box on a non-differentiable purifier, eot on a deterministic
+            one, adaptive on a purifier without an adaptive attack.
+    """
+    base, eot = parse_threat_model(text)
+    name = type(purifier).__name__
+    if not base:  # plain "eot"
+        base = "white-box" if purifier.differentiable else "bpda"
+    if base == "white-box" and not purifier.differentiable:
+        raise NotApplicableError(f"white-box needs exact gradients, and {name} is not "
+                                 "differentiable; use bpda")
+    if eot and not purifier.stochastic:
+        raise NotApplicableError(f"{name} is deterministic; eot adds nothing")
+    if base == "adaptive" and not hasattr(purifier, "adaptive_attack"):
+        raise NotApplicableError(f"{name} has no adaptive attack of its own")
+    k = eot_samples if eot_samples is not None else purifier.default_eot_samples
+    return ThreatModel(base, eot, k if eot else 1)
+
+
+def bpda_purify(purifier: Purifier, x: torch.Tensor) -> torch.Tensor:
+    """Forward: ``purifier(x)`` exactly; backward: the gradient of ``purifier.surrogate(x)``.
+
+    Shapes: (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1].
+    """
+    approx = purifier.surrogate(x)
+    with torch.no_grad():
+        exact = purifier(x)
+    return approx + (exact - approx).detach()
+
+
+class BPDAClassifier(nn.Module):
+    """``classifier(purifier(x))`` whose backward pass goes through ``purifier.surrogate``."""
+
+    def __init__(self, defended: DefendedClassifier) -> None:
+        super().__init__()
+        self.classifier = defended.classifier
+        self.purifier = defended.purifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(bpda_purify(self.purifier, x))
+
+
+class EOT(nn.Module):
+    """Average ``module``'s logits over ``samples`` draws of its randomness.
+
+    The draws are batched (the input repeated k times, in chunks of at most ``max_batch``
+    images). Averaging logits, rather than losses, is the common EOT variant for attacks that
+    read logits (Athalye, Engstrom, Ilyas and Kwok, ICML 2018 average the loss; both estimate the
+    gradient of the expectation).
+
+    Shapes: (N, C, H, W) -> logits (N, K).
+    """
+
+    def __init__(self, module: nn.Module, samples: int, max_batch: int = 4096) -> None:
+        super().__init__()
+        if samples < 1:
+            raise ConfigError(f"eot needs at least 1 sample; got {samples}")
+        self.module = module
+        self.samples = samples
+        self.max_batch = max_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        per_chunk = max(1, self.max_batch // max(n, 1))
+        total = None
+        for start in range(0, self.samples, per_chunk):
+            r = min(per_chunk, self.samples - start)
+            out = self.module(x.repeat(r, 1, 1, 1)).view(r, n, -1).sum(0)
+            total = out if total is None else total + out
+        return total / self.samples
+
+
+def attack_module(tm: ThreatModel, defended: DefendedClassifier,
+                  source: nn.Module | None = None) -> nn.Module:
+    """The module the attacker differentiates under threat model ``tm``.
+
+    Args:
+        tm: resolved threat model (not ``adaptive``: that one builds its own attack).
+        defended: the defended classifier under attack.
+        source: the transfer source classifier (required for ``transfer``).
+
+    Raises:
+        ConfigError: transfer without a source classifier, or adaptive (no generic module).
+    """
+    if tm.base == "gray-box":
+        module: nn.Module = defended.classifier
+    elif tm.base == "transfer":
+        if source is None:
+            raise ConfigError("the transfer threat model needs a source classifier "
+                              "(transfer_source in the config)")
+        module = source
+    elif tm.base == "white-box":
+        module = defended
+    elif tm.base == "bpda":
+        module = BPDAClassifier(defended)
+    else:
+        raise ConfigError(f"threat model {tm.name!r} has no generic attack module")
+    return EOT(module, tm.eot_samples) if tm.eot else module
