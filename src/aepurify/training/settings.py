@@ -1,0 +1,37 @@
+"""Training settings shared by classifiers and purifiers (validated with pydantic)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainSettings(BaseModel):
+    """How to train a classifier or a purifier.
+
+    Attributes:
+        epochs: passes over the (possibly truncated) training split.
+        batch_size: images per step.
+        lr: learning rate.
+        weight_decay: L2 weight decay (Adam's coupled form, as the papers' Keras/PyTorch code).
+        optimizer: ``adam`` or ``sgd`` (momentum 0.9, nesterov).
+        schedule: ``constant`` or ``cosine`` (annealed to 0 over all steps).
+        max_images: use only the first N training images (the quick settings of the demo).
+        augment: random crop (4 px padding) and horizontal flip, for CIFAR-10.
+        seed: seeds weight initialisation and batch order.
+        extra: purifier-specific options (for example stage lengths of a two-stage scheme).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(1, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    schedule: Literal["constant", "cosine"] = "constant"
+    max_images: int | None = Field(None, ge=1)
+    augment: bool = False
+    seed: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict)
