@@ -1,0 +1,231 @@
+"""The ``aepurify`` command.
+
+    aepurify demo [--out DIR] [--n-test N]
+    aepurify evaluate CONFIG.yaml --out DIR [--n-test N]
+    aepurify train classifier --dataset mnist --arch lenet --epochs 2 --out DIR
+    aepurify train purifier magnet --dataset mnist --out DIR
+    aepurify purify --purifier DIR_OR_NAME IMAGE... --out DIR
+    aepurify list
+
+Bad input (missing data, corrupt files, a checkpoint of another architecture, unknown names in
+a config, images outside [0, 1]) ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+
+from .errors import AepurifyError, ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Autoencoder-based adversarial purification: train purifiers, attack "
+                       "them under every threat model, report what robustness is real.")
+train_app = typer.Typer(no_args_is_help=True, help="Train a classifier or a purifier.")
+app.add_typer(train_app, name="train")
+console = Console(stderr=True)
+
+DataDir = Annotated[Optional[Path], typer.Option(
+    "--data-dir", help="Folder with the data files (else $AEPURIFY_DATA, then the cache; MNIST "
+                       "falls back to the embedded copy).")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")]
+
+
+def _settings(**kwargs: Any):
+    from .training import TrainSettings
+
+    try:
+        return TrainSettings(**{k: v for k, v in kwargs.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: "
+                          f"{err['msg']}") from None
+
+
+def _params(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--param takes key=value; got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+@train_app.command("classifier")
+def train_classifier(
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar10, cifar10-jpeg.")],
+    arch: Annotated[str, typer.Option(help="lenet, small-cnn, resnet18, vgg11.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
+    epochs: int = 2, lr: float = 1e-3, batch_size: int = 128,
+    max_images: Annotated[Optional[int], typer.Option(help="Train on the first N images.")] = None,
+    augment: bool = False, seed: int = 0, data_dir: DataDir = None, device: Device = "auto",
+) -> None:
+    """Train a classifier and save it as model.safetensors + config.json."""
+    from .checkpoint import save_checkpoint
+    from .data import load_dataset
+    from .models import create_classifier
+    from .training import accuracy, fit_classifier
+    from .utils import pick_device, seed_everything
+
+    settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
+                         augment=augment, seed=seed)
+    dev = pick_device(device)
+    test = load_dataset(dataset, "test", data_dir)
+    train = load_dataset(dataset, "train", data_dir)
+    seed_everything(seed)
+    model = create_classifier(arch, dataset).to(dev)
+    metrics = fit_classifier(model, train, settings, device=dev)
+    metrics["test_accuracy"] = accuracy(model, test, device=dev, desc="test accuracy")
+    save_checkpoint(model, out, kind="classifier", name=arch, dataset=dataset,
+                    train=settings.model_dump(), metrics=metrics, seed=seed)
+    console.print(f"{arch} on {dataset}: test accuracy {metrics['test_accuracy']:.4f}; "
+                  f"saved to {out}")
+
+
+@train_app.command("purifier")
+def train_purifier(
+    name: Annotated[str, typer.Argument(help="Purifier name (aepurify list).")],
+    dataset: Annotated[str, typer.Option(help="Data set to train on.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
+    epochs: int = 3, lr: float = 1e-3, batch_size: int = 128,
+    max_images: Annotated[Optional[int], typer.Option(help="Train on the first N images.")] = None,
+    classifier: Annotated[Optional[Path], typer.Option(
+        help="Classifier checkpoint, for purifiers trained against it.")] = None,
+    param: Annotated[Optional[list[str]], typer.Option(
+        help="Purifier parameter key=value (repeatable).")] = None,
+    seed: int = 0, data_dir: DataDir = None, device: Device = "auto",
+) -> None:
+    """Train a purifier and save it as model.safetensors + config.json."""
+    from .checkpoint import save_checkpoint
+    from .data import load_dataset
+    from .models import load_classifier
+    from .purifiers import create_purifier, purifier_class
+    from .utils import pick_device, seed_everything
+
+    settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
+                         seed=seed)
+    dev = pick_device(device)
+    cls = purifier_class(name)
+    if not cls.trainable:
+        raise ConfigError(f"purifier {name!r} has nothing to train; use it directly")
+    clf = None
+    if classifier is not None:
+        clf, _ = load_classifier(classifier, map_location=dev)
+    elif cls.needs_classifier:
+        raise ConfigError(f"purifier {name!r} trains against a classifier: pass --classifier DIR")
+    train = load_dataset(dataset, "train", data_dir)
+    seed_everything(seed)
+    purifier = create_purifier(name, dataset, **_params(param)).to(dev)
+    metrics = purifier.fit(train, settings, classifier=clf, device=dev)
+    save_checkpoint(purifier, out, kind="purifier", name=name, dataset=dataset,
+                    train=settings.model_dump(), metrics=metrics, seed=seed,
+                    classifier=str(classifier) if classifier else None)
+    console.print(f"{name} on {dataset}: final loss {metrics.get('final_loss', float('nan')):.5f}; "
+                  f"saved to {out}")
+
+
+@app.command()
+def evaluate(
+    config: Annotated[Path, typer.Argument(help="Experiment config (YAML) or a shipped name.")],
+    out: Annotated[Path, typer.Option(help="Output directory (an existing run resumes).")],
+    n_test: Annotated[Optional[int], typer.Option(help="Number of test images.")] = None,
+    data_dir: DataDir = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Model cache folder.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Override the config's device.")] = None,
+) -> None:
+    """Run a config's grid; write results.db, results.csv, report.md and plots to --out."""
+    from .evaluation import console_table
+    from .evaluation import evaluate as run
+    from .resources import find_config
+
+    rows = run(find_config(config), out, n_test=n_test, data_dir=data_dir, cache_dir=cache_dir,
+               device=device)
+    console_table(rows)
+    console.print(f"report: {out / 'report.md'}  results: {out / 'results.csv'}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
+    n_test: Annotated[Optional[int], typer.Option(help="Number of MNIST test images.")] = None,
+    data_dir: DataDir = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Model cache folder.")] = None,
+) -> None:
+    """The main job: train (or reuse) the classifier and every purifier on MNIST with quick
+    settings, attack them under each threat model, print the table, write the report."""
+    evaluate(Path("demo-mnist"), out, n_test=n_test, data_dir=data_dir, cache_dir=cache_dir,
+             device=None)
+
+
+@app.command()
+def purify(
+    images: Annotated[list[Path], typer.Argument(help="Image files of one size.")],
+    purifier: Annotated[str, typer.Option(help="Checkpoint directory or purifier name.")],
+    out: Annotated[Path, typer.Option(help="Folder for the purified images (PNG).")],
+    channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB).")] = 1,
+    param: Annotated[Optional[list[str]], typer.Option(
+        help="Purifier parameter key=value, for a purifier given by name.")] = None,
+) -> None:
+    """Purify image files with a trained purifier (or an untrained transform by name)."""
+    import torch
+
+    from .data import load_image_files, save_image_files
+    from .purifiers import create_purifier, load_purifier, purifier_class
+
+    if channels not in (1, 3):
+        raise ConfigError(f"--channels must be 1 or 3; got {channels}")
+    path = Path(purifier)
+    if path.exists():
+        module, _ = load_purifier(path)
+    else:
+        if purifier_class(purifier).trainable:
+            raise ConfigError(f"purifier {purifier!r} must be trained first; pass its checkpoint "
+                              "directory")
+        module = create_purifier(purifier, **{"in_channels": channels, **_params(param)})
+    x = load_image_files(list(images), channels)
+    with torch.no_grad():
+        y = module.eval()(x)
+    targets = [out / (p.stem + ".png") for p in images]
+    save_image_files(y, targets)
+    console.print(f"purified {len(targets)} image(s) into {out}")
+
+
+@app.command("list")
+def list_registered() -> None:
+    """List data sets, classifiers, purifiers, threat models and attacks."""
+    from .attacks import ATTACKS, BASES
+    from .data import DATASETS
+    from .models import CLASSIFIERS
+    from .purifiers import PURIFIERS
+
+    out = Console()
+    out.print(f"data sets:     {', '.join(DATASETS.names())}")
+    out.print(f"classifiers:   {', '.join(CLASSIFIERS.names())}")
+    out.print(f"purifiers:     {', '.join(PURIFIERS.names())}")
+    out.print(f"threat models: {', '.join(BASES)} (+eot)")
+    out.print(f"attacks:       {', '.join(ATTACKS.names())}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; turn aepurify's errors into one line and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        app(args=argv, prog_name="aepurify")
+    except AepurifyError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished rows are kept in results.db; run again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

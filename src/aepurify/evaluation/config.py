@@ -1,0 +1,270 @@
+"""Experiment configs (YAML), validated with pydantic; every name is checked against its registry
+before any work starts, so a typo costs one line of error, not a half-finished run.
+
+A config describes the grid classifier x purifiers x threat models x attacks x epsilons::
+
+    name: demo-mnist
+    dataset: mnist
+    n_test: 1000
+    classifier: {arch: lenet, train: {epochs: 2}}
+    purifiers:
+      - {name: magnet, train: {epochs: 3}}
+      - {name: jpeg, params: {quality: 50}, threat_models: [gray-box, bpda]}
+    threat_models: [gray-box, white-box, bpda]
+    attacks:
+      - {name: fgsm, norm: linf, eps: [0.1, 0.2, 0.3]}
+      - {name: pgd, norm: linf, eps: [0.1, 0.2, 0.3], params: {steps: 20}}
+
+Epsilons may be written as fractions (``8/255``); they are on the [0, 1] pixel scale.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..attacks import ATTACKS, parse_threat_model
+from ..data import DATASETS
+from ..errors import ConfigError
+from ..models import CLASSIFIERS
+from ..purifiers import PURIFIERS
+from ..training.settings import TrainSettings
+
+
+def _parse_eps(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"cannot read epsilon {value!r}") from None
+    return float(value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifierEntry(_Strict):
+    """The classifier under defense (or the transfer source).
+
+    Attributes:
+        arch: classifier registry name.
+        label: the ``classifier`` column of result rows (default: arch).
+        params: architecture keyword arguments.
+        checkpoint: load this checkpoint instead of training.
+        train: training settings (quick settings in the demo).
+    """
+
+    arch: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @property
+    def row_label(self) -> str:
+        return self.label or self.arch
+
+
+class PurifierEntry(_Strict):
+    """One purifier of the grid.
+
+    Attributes:
+        name: purifier registry name.
+        label: the ``purifier`` column of result rows (default: name); distinguishes two
+            settings of one purifier, e.g. ``jpeg-q10`` and ``jpeg-q70``.
+        params: purifier keyword arguments.
+        checkpoint: load this checkpoint instead of training.
+        train: training settings for trainable purifiers.
+        threat_models: overrides the config's list for this purifier.
+        eot_samples: EOT draws for this purifier (default: config, then the purifier's own).
+    """
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    threat_models: list[str] | None = None
+    eot_samples: int | None = Field(None, ge=1)
+
+    @property
+    def row_label(self) -> str:
+        return self.label or self.name
+
+
+class AttackEntry(_Strict):
+    """One attack with its budgets.
+
+    Attributes:
+        name: attack registry name.
+        label: the ``attack`` column of result rows (default: name).
+        norm: ``linf`` or ``l2``.
+        eps: budgets on the [0, 1] pixel scale (numbers or fractions such as ``8/255``).
+        params: the attack's options (steps, step size, ...).
+        restarts: runs per example; an example counts as robust only if it survives all.
+        threat_models: restrict this attack to these threat models.
+        purifiers: restrict this attack to these purifier labels (``none`` is the undefended
+            classifier); lets a config give an expensive purifier cheaper attack settings.
+    """
+
+    name: str
+    label: str | None = None
+    norm: Literal["linf", "l2"] = "linf"
+    eps: list[float]
+    params: dict[str, Any] = Field(default_factory=dict)
+    restarts: int = Field(1, ge=1)
+    threat_models: list[str] | None = None
+    purifiers: list[str] | None = None
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps(cls, value: Any) -> list[float]:
+        values = value if isinstance(value, list) else [value]
+        out = [_parse_eps(v) for v in values]
+        if any(v < 0 for v in out):
+            raise ValueError("epsilons must be >= 0")
+        return out
+
+    @property
+    def row_label(self) -> str:
+        return self.label or self.name
+
+
+class ExperimentConfig(_Strict):
+    """A whole evaluation grid (see the module docstring for an example).
+
+    Attributes:
+        name: experiment name (report title).
+        dataset: data set registry name.
+        data_dir: folder with the data files (else --data-dir, AEPURIFY_DATA, cache).
+        seed: base seed; every row derives its own from it.
+        n_test: evaluate on the first n_test test images.
+        batch_size: images per attack batch.
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        classifier: the classifier under defense.
+        transfer_source: classifier the ``transfer`` threat model crafts on.
+        purifiers: the purifiers (the undefended classifier, purifier ``none``, is added).
+        include_undefended: add purifier ``none``.
+        threat_models: threat models applied to every purifier (unless overridden).
+        attacks: attacks with their budgets.
+        eot_samples: EOT draws (default: each purifier's own).
+    """
+
+    name: str = "experiment"
+    dataset: str
+    data_dir: str | None = None
+    seed: int = 0
+    n_test: int = Field(1000, ge=1)
+    batch_size: int = Field(500, ge=1)
+    device: str = "auto"
+    classifier: ClassifierEntry
+    transfer_source: ClassifierEntry | None = None
+    purifiers: list[PurifierEntry] = Field(default_factory=list)
+    include_undefended: bool = True
+    threat_models: list[str] = Field(default_factory=lambda: ["gray-box"])
+    attacks: list[AttackEntry] = Field(default_factory=list)
+    eot_samples: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> ExperimentConfig:
+        labels = [p.row_label for p in self.purifiers]
+        dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+        if dupes:
+            raise ValueError(f"purifier labels must be unique; repeated: {', '.join(dupes)} "
+                             "(give each a label)")
+        if "none" in labels:
+            raise ValueError("purifier label 'none' is reserved for the undefended classifier")
+        for i, a in enumerate(self.attacks):
+            unknown = sorted(set(a.purifiers or []) - set(labels) - {"none"})
+            if unknown:
+                raise ValueError(f"attacks[{i}].purifiers names unknown purifier label(s): "
+                                 f"{', '.join(unknown)}")
+        return self
+
+    def check_names(self) -> None:
+        """Check every registry name; raise ConfigError naming the first unknown one."""
+        DATASETS.get(self.dataset)
+        for where, entry in [("classifier", self.classifier)] + (
+                [("transfer_source", self.transfer_source)] if self.transfer_source else []):
+            try:
+                CLASSIFIERS.get(entry.arch)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.arch: {exc}") from None
+        for i, p in enumerate(self.purifiers):
+            try:
+                PURIFIERS.get(p.name)
+                for tm in p.threat_models or []:
+                    parse_threat_model(tm)
+            except ConfigError as exc:
+                raise ConfigError(f"purifiers[{i}]: {exc}") from None
+        for i, a in enumerate(self.attacks):
+            try:
+                ATTACKS.get(a.name)
+                for tm in a.threat_models or []:
+                    parse_threat_model(tm)
+            except ConfigError as exc:
+                raise ConfigError(f"attacks[{i}]: {exc}") from None
+        for tm in self.threat_models:
+            try:
+                parse_threat_model(tm)
+            except ConfigError as exc:
+                raise ConfigError(f"threat_models: {exc}") from None
+        needs_source = any(parse_threat_model(t)[0] == "transfer" for t in self.all_threat_models())
+        if needs_source and self.transfer_source is None:
+            raise ConfigError("the transfer threat model needs transfer_source in the config")
+
+    def all_threat_models(self) -> list[str]:
+        names = list(self.threat_models)
+        for p in self.purifiers:
+            names += p.threat_models or []
+        return list(dict.fromkeys(names))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    return f"{loc}: {err['msg']}"
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a config dict; raise ConfigError with the first problem on one line."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+    try:
+        config.check_names()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return config
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read and validate a YAML config.
+
+    Args:
+        path: the YAML file.
+        overrides: top-level keys to replace (e.g. ``{"n_test": 200}`` from the command line).
+
+    Raises:
+        ConfigError: missing file, unreadable YAML, invalid or unknown entries.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if isinstance(data, dict) and overrides:
+        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_config(data, source=str(path))

@@ -1,0 +1,158 @@
+"""Result rows in SQLite: one row per (dataset, classifier, purifier, threat_model, attack, norm,
+eps), committed as soon as it is computed, so a killed run resumes where it stopped and loses
+nothing. Each row also keeps which test images survived (one byte per image), which the adaptive
+protocol needs for its per-example worst case.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import AepurifyError
+
+COLUMNS = ("dataset", "classifier", "purifier", "threat_model", "attack", "norm", "eps", "n",
+           "accuracy", "seconds")
+KEY = COLUMNS[:7]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    dataset TEXT NOT NULL, classifier TEXT NOT NULL, purifier TEXT NOT NULL,
+    threat_model TEXT NOT NULL, attack TEXT NOT NULL, norm TEXT NOT NULL, eps REAL NOT NULL,
+    n INTEGER NOT NULL, accuracy REAL NOT NULL, seconds REAL NOT NULL,
+    spec_hash TEXT NOT NULL, correct BLOB NOT NULL, details TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (dataset, classifier, purifier, threat_model, attack, norm, eps)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def eps_key(eps: float) -> float:
+    """Epsilon as stored: rounded so that 8/255 written twice is the same key."""
+    return round(float(eps), 10)
+
+
+@dataclass
+class ResultRow:
+    """One evaluated cell of the grid.
+
+    Attributes:
+        dataset, classifier, purifier, threat_model, attack, norm: the row's labels
+            (``attack`` ``none``, ``norm`` ``none``, ``eps`` 0 and ``threat_model`` ``none`` for
+            clean accuracy).
+        eps: budget on the [0, 1] pixel scale.
+        n: images evaluated.
+        accuracy: fraction classified correctly, in [0, 1].
+        seconds: wall-clock seconds to craft and classify the examples.
+        correct: per-image correctness, bool array (n,).
+        spec_hash: hash of everything that determines the row (models, settings, seed).
+        details: extra facts (EOT samples, surrogate, attack options, ...).
+    """
+
+    dataset: str
+    classifier: str
+    purifier: str
+    threat_model: str
+    attack: str
+    norm: str
+    eps: float
+    n: int
+    accuracy: float
+    seconds: float
+    correct: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
+    spec_hash: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple:
+        return (self.dataset, self.classifier, self.purifier, self.threat_model, self.attack,
+                self.norm, eps_key(self.eps))
+
+    def csv_record(self) -> dict[str, Any]:
+        rec = {c: getattr(self, c) for c in COLUMNS}
+        rec["eps"] = eps_key(self.eps)
+        rec["accuracy"] = round(self.accuracy, 6)
+        rec["seconds"] = round(self.seconds, 3)
+        return rec
+
+
+class ResultStore:
+    """SQLite-backed result rows (``DIR/results.db``).
+
+    Raises:
+        AepurifyError: the file exists but is not a readable results database.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path)
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise AepurifyError(f"{self.path} is not a usable results database: {exc}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def has(self, key: tuple, spec_hash: str) -> bool:
+        """True if the row ``key`` was finished with exactly this spec."""
+        cur = self._db.execute(
+            "SELECT 1 FROM results WHERE dataset=? AND classifier=? AND purifier=? AND "
+            "threat_model=? AND attack=? AND norm=? AND eps=? AND spec_hash=?",
+            (*key[:6], eps_key(key[6]), spec_hash))
+        return cur.fetchone() is not None
+
+    def put(self, row: ResultRow) -> None:
+        """Insert or replace a row and commit at once."""
+        blob = np.asarray(row.correct, dtype=np.uint8).tobytes()
+        self._db.execute(
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (*row.key, row.n, row.accuracy, row.seconds, row.spec_hash, blob,
+             json.dumps(row.details, sort_keys=True, default=str),
+             time.strftime("%Y-%m-%dT%H:%M:%S")))
+        self._db.commit()
+
+    def rows(self, keys: Iterable[tuple] | None = None) -> list[ResultRow]:
+        """All rows, or those with the given keys (in that order, missing ones skipped)."""
+        cur = self._db.execute(
+            "SELECT dataset, classifier, purifier, threat_model, attack, norm, eps, n, accuracy, "
+            "seconds, correct, spec_hash, details FROM results")
+        found = {}
+        for rec in cur.fetchall():
+            row = ResultRow(*rec[:10], correct=np.frombuffer(rec[10], dtype=np.uint8).astype(bool),
+                            spec_hash=rec[11], details=json.loads(rec[12]))
+            found[row.key] = row
+        if keys is None:
+            return list(found.values())
+        return [found[k] for k in keys if k in found]
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self._db.commit()
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        cur = self._db.execute("SELECT value FROM meta WHERE key=?", (key,))
+        rec = cur.fetchone()
+        return json.loads(rec[0]) if rec else default
+
+
+def row_dict(row: ResultRow) -> dict[str, Any]:
+    """A JSON-friendly dict of a row (per-image correctness left out)."""
+    d = asdict(row)
+    d.pop("correct")
+    return d
