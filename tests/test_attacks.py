@@ -1,0 +1,139 @@
+"""Threat models and attacks: BPDA passes the surrogate's gradient, EOT averages draws, attacks
+respect their budgets and lower an undefended model's accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from aepurify.attacks import (EOT, BPDAClassifier, attack_module, bpda_purify, build_attack,
+                              parse_threat_model, resolve_threat_model)
+from aepurify.errors import ConfigError, NotApplicableError
+from aepurify.purifiers import DefendedClassifier, Purifier, create_purifier
+
+
+def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def test_bpda_forward_is_exact_and_backward_is_the_surrogate(tiny_lenet, mnist_batch):
+    x = mnist_batch[0][:8]
+    y = mnist_batch[1][:8]
+    jpeg = create_purifier("jpeg", quality=30)
+    bpda = BPDAClassifier(DefendedClassifier(tiny_lenet, jpeg))
+    # forward: the real (Pillow) JPEG
+    assert torch.allclose(bpda(x), tiny_lenet(jpeg(x)), atol=1e-5)
+    # backward: through kornia's differentiable JPEG, evaluated at the real output
+    xa = x.clone().requires_grad_(True)
+    nn.functional.cross_entropy(bpda(xa), y).backward()
+    xb = x.clone().requires_grad_(True)
+    approx = jpeg.surrogate(xb)
+    at_exact = approx + (jpeg(x) - approx).detach()
+    nn.functional.cross_entropy(tiny_lenet(at_exact), y).backward()
+    assert xa.grad is not None and xa.grad.abs().sum() > 0
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-7)
+
+
+def test_bpda_identity_surrogate_is_straight_through(mnist_batch):
+    x = mnist_batch[0][:4].clone().requires_grad_(True)
+    out = bpda_purify(create_purifier("bit-depth", bits=1), x)
+    assert set(torch.unique(out.detach()).tolist()) <= {0.0, 1.0}
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+class _Noisy(Purifier):
+    """A stochastic test purifier: adds noise of known scale."""
+
+    stochastic = True
+    default_eot_samples = 7
+
+    def purify(self, x):
+        return (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+
+
+class _RandomLogits(nn.Module):
+    """Logits = first 10 pixels + fresh standard normal noise on every call."""
+
+    def forward(self, x):
+        return x.flatten(1)[:, :10] + torch.randn(x.shape[0], 10)
+
+
+def test_eot_averages_logits_over_draws(mnist_batch):
+    x = mnist_batch[0][:6]
+    torch.manual_seed(0)
+    got = EOT(_RandomLogits(), samples=5)(x)
+    torch.manual_seed(0)
+    noise = torch.randn(5 * 6, 10).view(5, 6, 10)  # the same draws, in the batched layout
+    assert torch.allclose(got, (x.flatten(1)[:, :10] + noise).mean(0), atol=1e-6)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    chunked = EOT(linear, samples=50, max_batch=32)  # several chunks of draws
+    assert torch.allclose(chunked(x), linear(x), atol=1e-5)
+
+
+def test_eot_threat_model_on_a_stochastic_purifier(tiny_lenet, mnist_batch):
+    defended = DefendedClassifier(tiny_lenet, _Noisy())
+    tm = resolve_threat_model("white-box+eot", defended.purifier)
+    assert tm.eot and tm.eot_samples == 7 and tm.name == "white-box+eot"
+    assert resolve_threat_model("bpda+eot", defended.purifier, eot_samples=3).eot_samples == 3
+    module = attack_module(tm, defended)
+    assert isinstance(module, EOT) and module.samples == 7
+    assert module(mnist_batch[0][:4]).shape == (4, 10)
+
+
+def test_threat_model_parsing_and_applicability():
+    assert parse_threat_model("bpda+eot") == ("bpda", True)
+    assert parse_threat_model("eot") == ("", True)
+    with pytest.raises(ConfigError, match="unknown threat model"):
+        parse_threat_model("black-box")
+    with pytest.raises(ConfigError, match="white-box or bpda"):
+        parse_threat_model("gray-box+eot")
+    jpeg = create_purifier("jpeg")
+    with pytest.raises(NotApplicableError, match="not differentiable"):
+        resolve_threat_model("white-box", jpeg)
+    with pytest.raises(NotApplicableError, match="deterministic"):
+        resolve_threat_model("bpda+eot", jpeg)
+    assert resolve_threat_model("eot", _Noisy()).name == "white-box+eot"
+
+
+def test_gray_box_attacks_the_bare_classifier(tiny_lenet):
+    defended = DefendedClassifier(tiny_lenet, create_purifier("jpeg"))
+    assert attack_module(resolve_threat_model("gray-box", defended.purifier), defended) is tiny_lenet
+    with pytest.raises(ConfigError, match="source"):
+        attack_module(resolve_threat_model("transfer", defended.purifier), defended)
+
+
+@pytest.mark.parametrize("name,norm,eps", [("fgsm", "linf", 0.3), ("pgd", "linf", 0.3),
+                                           ("fgsm", "l2", 2.0), ("pgd", "l2", 2.0)])
+def test_attacks_lower_undefended_accuracy_within_budget(tiny_lenet, mnist_batch, name, norm, eps):
+    x, y = mnist_batch
+    torch.manual_seed(0)
+    attack = build_attack(name, tiny_lenet, eps=eps, norm=norm, params={"steps": 10}
+                          if name == "pgd" else {})
+    x_adv = attack(x, y)
+    clean, robust = _acc(tiny_lenet, x, y), _acc(tiny_lenet, x_adv, y)
+    assert clean > 0.8
+    assert robust < clean - 0.3
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert float(size.max()) <= eps + 1e-5
+
+
+def test_pgd_beats_fgsm(tiny_lenet, mnist_batch):
+    x, y = mnist_batch
+    torch.manual_seed(0)
+    fgsm = _acc(tiny_lenet, build_attack("fgsm", tiny_lenet, 0.15)(x, y), y)
+    pgd = _acc(tiny_lenet, build_attack("pgd", tiny_lenet, 0.15, params={"steps": 20})(x, y), y)
+    assert pgd <= fgsm
+
+
+def test_attack_errors(tiny_lenet):
+    with pytest.raises(ConfigError, match="unknown attack 'pgdd'"):
+        build_attack("pgdd", tiny_lenet, 0.1)
+    with pytest.raises(ConfigError, match="unknown norm"):
+        build_attack("pgd", tiny_lenet, 0.1, norm="l1")
+    with pytest.raises(ConfigError, match="bad parameters for attack 'pgd'"):
+        build_attack("pgd", tiny_lenet, 0.1, params={"stepz": 3})
