@@ -90,14 +90,14 @@ def test_killed_run_resumes_without_recomputing(tmp_path, monkeypatch):
     assert len(first) == 5
 
     crafted = []
-    real_craft = runner_mod._craft_cell
+    real_craft = runner_mod.craft_cell
 
     def counting_craft(exp, cell, *args):
         crafted.append(cell.key)
         return real_craft(exp, cell, *args)
 
     monkeypatch.setattr(ResultStore, "put", real_put)
-    monkeypatch.setattr(runner_mod, "_craft_cell", counting_craft)
+    monkeypatch.setattr(runner_mod, "craft_cell", counting_craft)
     rows = evaluate(config, out)
     assert not set(crafted) & set(first)  # nothing finished before the kill was redone
     by_key = {r.key: r for r in rows}
@@ -115,8 +115,8 @@ def test_changed_settings_recompute_only_affected_rows(tmp_path, monkeypatch):
     changed = json.loads(json.dumps(TINY))
     changed["attacks"][1]["params"]["steps"] = 4
     crafted = []
-    real_craft = runner_mod._craft_cell
-    monkeypatch.setattr(runner_mod, "_craft_cell",
+    real_craft = runner_mod.craft_cell
+    monkeypatch.setattr(runner_mod, "craft_cell",
                         lambda exp, cell, *a: crafted.append(cell.key) or real_craft(exp, cell, *a))
     evaluate(_write(tmp_path, changed), out)
     assert crafted and all(key[4] == "pgd" for key in crafted)
@@ -157,3 +157,43 @@ def test_shipped_demo_config_is_valid():
     names = {p.name for p in config.purifiers}
     assert {"magnet", "jpeg", "bit-depth"} <= names
     assert {"gray-box", "white-box", "bpda"} <= set(config.threat_models)
+
+
+def test_two_classifiers_transfer_and_per_attack_limits(tmp_path):
+    from aepurify.evaluation import ANALYSES, AnalysisResult
+
+    @ANALYSES.register("count-rows-test")
+    def _count(exp, rows, out_dir, scale=1):
+        (out_dir / "count.txt").write_text(str(len(rows) * scale))
+        return AnalysisResult("Row count", f"{len(rows) * scale} rows", ["count.txt"],
+                              {"rows": len(rows)})
+
+    quick = {"epochs": 1, "batch_size": 64, "max_images": 1000}
+    config = {
+        "dataset": "mnist", "n_test": 40, "batch_size": 40,
+        "classifiers": [{"arch": "lenet", "train": quick},
+                        {"arch": "small-cnn", "params": {"width": 8}, "train": quick}],
+        "transfer_source": {"arch": "lenet", "train": {**quick, "seed": 1}},
+        "purifiers": [{"name": "bit-depth", "params": {"bits": 2}}],
+        "threat_models": ["gray-box", "transfer"],
+        "attacks": [{"name": "pgd", "eps": [0.2], "params": {"steps": 2}, "n_test": 20,
+                     "purifiers": ["bit-depth"]},
+                    {"name": "fgsm", "eps": [0.2]}],
+        "analyses": [{"name": "count-rows-test", "params": {"scale": 2}}],
+    }
+    out = tmp_path / "run"
+    rows = evaluate(_write(tmp_path, config), out)
+    with open(out / "results.csv") as f:
+        records = list(csv.DictReader(f))
+    assert {r["classifier"] for r in records} == {"lenet", "small-cnn"}
+    pgd = [r for r in records if r["attack"] == "pgd"]
+    assert pgd and all(r["n"] == "20" and r["purifier"] == "bit-depth" for r in pgd)
+    transfer = [r for r in records if r["threat_model"] == "transfer"]
+    assert {r["purifier"] for r in transfer} == {"none", "bit-depth"}
+    assert {r["classifier"] for r in transfer} == {"lenet", "small-cnn"}
+    fgsm = [row for row in rows if row.attack == "fgsm"]
+    assert all(row.details["mean_linf"] <= 0.2 + 1e-6 and row.details["mean_rel_l2"] > 0
+               for row in fgsm)
+    report = (out / "report.md").read_text()
+    assert "## Row count" in report and "lenet / bit-depth" in report
+    assert (out / "count.txt").read_text() == str(2 * len(rows))

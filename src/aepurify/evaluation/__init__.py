@@ -10,13 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .analyses import ANALYSES, AnalysisResult, run_analyses
 from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry, load_config
 from .report import console_table, plot_threat_models, write_csv, write_markdown
 from .runner import Experiment, planned_rows, prepare, run_cells, run_record
 from .store import COLUMNS, ResultRow, ResultStore
 
 __all__ = ["evaluate", "load_config", "ExperimentConfig", "ClassifierEntry", "PurifierEntry",
-           "AttackEntry", "ResultRow", "ResultStore", "COLUMNS", "write_outputs"]
+           "AttackEntry", "ResultRow", "ResultStore", "COLUMNS", "write_outputs", "Experiment",
+           "ANALYSES", "AnalysisResult", "console_table"]
 
 
 def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
@@ -26,7 +28,8 @@ def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
     """Run an experiment config end to end and write its outputs into ``out_dir``.
 
     Outputs: ``results.db`` (resumable store), ``results.csv``, ``report.md``,
-    ``accuracy-<threat model>.png`` and ``run.json`` (seed, config, code version, models).
+    ``accuracy-<threat model>.png``, the analyses' files and ``run.json`` (seed, config, code
+    version, models).
 
     Args:
         config: YAML path or a parsed config.
@@ -57,14 +60,17 @@ def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
         store.set_meta("config", record["config"])
         run_cells(exp, store)
         rows = planned_rows(exp, store)
-    write_outputs(rows, record, out)
+        analyses = run_analyses(exp, rows, store, out)
+    write_outputs(rows, record, out, analyses)
+    record["analyses"] = {a.title: a.data for a in analyses}
     (out / "run.json").write_text(json.dumps({**record, "status": "finished"}, indent=2,
                                              default=str) + "\n")
     return rows
 
 
-def write_outputs(rows: list[ResultRow], record: dict[str, Any], out: Path) -> None:
+def write_outputs(rows: list[ResultRow], record: dict[str, Any], out: Path,
+                  analyses: list[AnalysisResult] | None = None) -> None:
     """results.csv, the plots and report.md from finished rows."""
     write_csv(rows, out / "results.csv")
     plots = plot_threat_models(rows, out)
-    write_markdown(rows, record, out / "report.md", plots)
+    write_markdown(rows, record, out / "report.md", plots, analyses)

@@ -107,6 +107,8 @@ class AttackEntry(_Strict):
         eps: budgets on the [0, 1] pixel scale (numbers or fractions such as ``8/255``).
         params: the attack's options (steps, step size, ...).
         restarts: runs per example; an example counts as robust only if it survives all.
+        n_test: attack only the first n_test test images (an expensive attack on fewer images;
+            the row's ``n`` says how many).
         threat_models: restrict this attack to these threat models.
         purifiers: restrict this attack to these purifier labels (``none`` is the undefended
             classifier); lets a config give an expensive purifier cheaper attack settings.
@@ -118,6 +120,7 @@ class AttackEntry(_Strict):
     eps: list[float]
     params: dict[str, Any] = Field(default_factory=dict)
     restarts: int = Field(1, ge=1)
+    n_test: int | None = Field(None, ge=1)
     threat_models: list[str] | None = None
     purifiers: list[str] | None = None
 
@@ -135,6 +138,13 @@ class AttackEntry(_Strict):
         return self.label or self.name
 
 
+class AnalysisEntry(_Strict):
+    """An analysis run after the grid (a registry name and its options)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class ExperimentConfig(_Strict):
     """A whole evaluation grid (see the module docstring for an example).
 
@@ -146,13 +156,16 @@ class ExperimentConfig(_Strict):
         n_test: evaluate on the first n_test test images.
         batch_size: images per attack batch.
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
-        classifier: the classifier under defense.
+        classifiers: the classifiers under defense (``classifier:`` with one entry is
+            shorthand); each gets the whole grid, and purifiers trained against the classifier
+            are trained once per classifier.
         transfer_source: classifier the ``transfer`` threat model crafts on.
         purifiers: the purifiers (the undefended classifier, purifier ``none``, is added).
         include_undefended: add purifier ``none``.
         threat_models: threat models applied to every purifier (unless overridden).
         attacks: attacks with their budgets.
         eot_samples: EOT draws (default: each purifier's own).
+        analyses: extra analyses run after the grid (see ``aepurify.evaluation.analyses``).
     """
 
     name: str = "experiment"
@@ -162,16 +175,35 @@ class ExperimentConfig(_Strict):
     n_test: int = Field(1000, ge=1)
     batch_size: int = Field(500, ge=1)
     device: str = "auto"
-    classifier: ClassifierEntry
+    classifiers: list[ClassifierEntry] = Field(min_length=1)
     transfer_source: ClassifierEntry | None = None
     purifiers: list[PurifierEntry] = Field(default_factory=list)
     include_undefended: bool = True
     threat_models: list[str] = Field(default_factory=lambda: ["gray-box"])
     attacks: list[AttackEntry] = Field(default_factory=list)
     eot_samples: int | None = Field(None, ge=1)
+    analyses: list[AnalysisEntry] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_classifier(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "classifier" in data:
+            if "classifiers" in data:
+                raise ValueError("give either classifier or classifiers, not both")
+            data = {**data, "classifiers": [data["classifier"]]}
+            data.pop("classifier")
+        return data
+
+    @property
+    def classifier(self) -> ClassifierEntry:
+        """The first (often the only) classifier."""
+        return self.classifiers[0]
 
     @model_validator(mode="after")
     def _labels_unique(self) -> ExperimentConfig:
+        clf_labels = [c.row_label for c in self.classifiers]
+        if len(set(clf_labels)) != len(clf_labels):
+            raise ValueError("classifier labels must be unique; give each a label")
         labels = [p.row_label for p in self.purifiers]
         dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
         if dupes:
@@ -189,7 +221,9 @@ class ExperimentConfig(_Strict):
     def check_names(self) -> None:
         """Check every registry name; raise ConfigError naming the first unknown one."""
         DATASETS.get(self.dataset)
-        for where, entry in [("classifier", self.classifier)] + (
+        entries = [(f"classifiers[{i}]" if len(self.classifiers) > 1 else "classifier", c)
+                   for i, c in enumerate(self.classifiers)]
+        for where, entry in entries + (
                 [("transfer_source", self.transfer_source)] if self.transfer_source else []):
             try:
                 CLASSIFIERS.get(entry.arch)
@@ -214,6 +248,13 @@ class ExperimentConfig(_Strict):
                 parse_threat_model(tm)
             except ConfigError as exc:
                 raise ConfigError(f"threat_models: {exc}") from None
+        for i, a in enumerate(self.analyses):
+            from .analyses import ANALYSES
+
+            try:
+                ANALYSES.get(a.name)
+            except ConfigError as exc:
+                raise ConfigError(f"analyses[{i}]: {exc}") from None
         needs_source = any(parse_threat_model(t)[0] == "transfer" for t in self.all_threat_models())
         if needs_source and self.transfer_source is None:
             raise ConfigError("the transfer threat model needs transfer_source in the config")

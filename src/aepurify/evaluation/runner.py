@@ -1,9 +1,9 @@
-"""The grid runner: classifier x purifiers x threat models x attacks x epsilons.
+"""The grid runner: classifiers x purifiers x threat models x attacks x epsilons.
 
 Every row is committed to ``DIR/results.db`` as soon as it is done; re-running skips rows that
 were finished with the same spec (models, settings, seed), so a killed run resumes and loses
 nothing. Gray-box and transfer examples do not depend on the purifier, so they are crafted once
-per (attack, epsilon) and evaluated under every purifier.
+per (classifier, attack, epsilon) and evaluated under every purifier.
 """
 
 from __future__ import annotations
@@ -21,31 +21,46 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attacks import ThreatModel, attack_module, build_attack, resolve_threat_model
+from ..attacks import Attack, ThreatModel, attack_module, build_attack, resolve_threat_model
 from ..data import ImageDataset, dataset_spec, load_dataset
 from ..errors import ConfigError, NotApplicableError
-from ..purifiers import DefendedClassifier, Purifier, create_purifier
+from ..purifiers import DefendedClassifier, Purifier, create_purifier, purifier_class
 from ..training import Trained, get_classifier, get_purifier
 from ..utils import batches, derive_seed, pick_device, progress, seed_everything, stable_hash
 from ..version import code_version
-from .config import AttackEntry, ExperimentConfig, PurifierEntry
+from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry
 from .store import ResultRow, ResultStore, eps_key
 
 log = logging.getLogger(__name__)
 
 # Bump when the way rows are computed changes, so stale rows are recomputed.
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2
 CLEAN = "none"
 
 
 @dataclass
 class Cell:
-    """A planned row of the grid."""
+    """A planned row of the grid.
 
+    Attributes:
+        classifier, purifier: labels of the defended classifier's parts.
+        threat_model: resolved threat model, None for clean accuracy.
+        attack: the attack entry, None for clean accuracy.
+        attack_index: position of the attack entry in the config (-1 for clean).
+        eps: budget on the [0, 1] scale.
+        n: number of test images (the first n).
+        key: the row key in the results store.
+        spec_hash: hash of everything that determines the row.
+        details: facts recorded with the row.
+    """
+
+    classifier: str
     purifier: str
-    threat_model: ThreatModel | None  # None for clean accuracy
+    threat_model: ThreatModel | None
     attack: AttackEntry | None
+    attack_index: int
     eps: float
+    n: int
     key: tuple = ()
     spec_hash: str = ""
     details: dict[str, Any] = field(default_factory=dict)
@@ -55,20 +70,48 @@ class Cell:
         """Crafted without the purifier (gray-box, transfer): shared across purifiers."""
         return self.threat_model is not None and not self.threat_model.uses_purifier_gradients
 
+    @property
+    def craft_owner(self) -> tuple[str, str]:
+        """Who the examples are crafted for: transfer examples are shared by all classifiers,
+        gray-box ones by all purifiers of one classifier, the rest belong to one cell."""
+        assert self.threat_model is not None
+        if self.threat_model.base == "transfer":
+            return ("source", "shared")
+        return (self.classifier, "shared" if self.shared else self.purifier)
+
 
 @dataclass
 class Experiment:
-    """Everything a run needs, prepared: data, models, the planned cells."""
+    """Everything a run needs, prepared: data, models, the planned cells.
+
+    Attributes:
+        config: the validated config.
+        out_dir: output folder.
+        device: where models run.
+        test: the first ``n_test`` test images.
+        train: returns the training split (loaded on first call).
+        classifiers: classifier label -> trained classifier.
+        source: the transfer source classifier, if any.
+        purifiers: (classifier label, purifier label) -> ready purifier.
+        cells: the planned rows, in run order.
+        skipped: (purifier, threat model, reason) of combinations that do not apply.
+    """
 
     config: ExperimentConfig
     out_dir: Path
     device: torch.device
     test: ImageDataset
-    classifier: Trained
+    train: Callable[[], ImageDataset]
+    classifiers: dict[str, Trained]
     source: Trained | None
-    purifiers: dict[str, Trained]
-    cells: list[Cell]
-    skipped: list[dict[str, str]]
+    purifiers: dict[tuple[str, str], Trained]
+    cells: list[Cell] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def defended(self, classifier: str, purifier: str) -> DefendedClassifier:
+        """The defended classifier ``classifier(purifier(x))`` of two labels, in eval mode."""
+        return DefendedClassifier(self.classifiers[classifier].module,
+                                  self.purifiers[(classifier, purifier)].module).eval()
 
 
 @torch.no_grad()
@@ -78,14 +121,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(x[sl]).argmax(1) for sl in batches(x.shape[0], batch_size)])
 
 
-def craft(attack_fn: Callable[[nn.Module], Any], module: nn.Module, x: torch.Tensor,
-          y: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
+def craft(attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+          desc: str) -> torch.Tensor:
     """Adversarial examples for all of x, batch by batch, with a progress bar."""
-    atk = attack_fn(module)
     out = []
     slices = list(batches(x.shape[0], batch_size))
     for sl in progress(slices, desc=desc, unit="batch"):
-        out.append(atk(x[sl], y[sl]).detach())
+        out.append(attack(x[sl], y[sl]).detach())
     return torch.cat(out)
 
 
@@ -100,6 +142,11 @@ def _lazy(fn: Callable[[], ImageDataset]) -> Callable[[], ImageDataset]:
     return get
 
 
+def _get_classifier(entry: ClassifierEntry, config: ExperimentConfig, exp_args: dict) -> Trained:
+    return get_classifier(entry.arch, config.dataset, params=entry.params, settings=entry.train,
+                          checkpoint=entry.checkpoint, **exp_args)
+
+
 def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Path | None = None,
             cache_dir: str | Path | None = None, device: str | None = None) -> Experiment:
     """Load data, train or reuse every model, and plan the cells of the grid.
@@ -107,93 +154,101 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
     Raises:
         DataError, CheckpointError, ConfigError: bad data, checkpoints or config.
     """
-    out = Path(out_dir)
     dev = pick_device(device or config.device)
     data_dir = data_dir if data_dir is not None else config.data_dir
     seed_everything(config.seed)
     test = load_dataset(config.dataset, "test", data_dir).take(config.n_test)
     train = _lazy(lambda: load_dataset(config.dataset, "train", data_dir))
-    c = config.classifier
-    classifier = get_classifier(c.arch, config.dataset, params=c.params, settings=c.train,
-                                checkpoint=c.checkpoint, train_data=train, test_data=test,
-                                cache_dir=cache_dir, device=dev)
-    source = None
-    if config.transfer_source is not None:
-        s = config.transfer_source
-        source = get_classifier(s.arch, config.dataset, params=s.params, settings=s.train,
-                                checkpoint=s.checkpoint, train_data=train, test_data=test,
-                                cache_dir=cache_dir, device=dev)
-    purifiers: dict[str, Trained] = {}
-    if config.include_undefended:
-        purifiers[CLEAN] = Trained(create_purifier("none").to(dev), "none", "untrained", None, {})
-    for p in config.purifiers:
-        purifiers[p.row_label] = get_purifier(
-            p.name, config.dataset, params=p.params, settings=p.train, checkpoint=p.checkpoint,
-            classifier=classifier, train_data=train, cache_dir=cache_dir, device=dev)
-    cells, skipped = plan(config, classifier, source, purifiers, len(test))
-    return Experiment(config, out, dev, test, classifier, source, purifiers, cells, skipped)
+    common = {"train_data": train, "test_data": test, "cache_dir": cache_dir, "device": dev}
+    classifiers = {c.row_label: _get_classifier(c, config, common) for c in config.classifiers}
+    source = (_get_classifier(config.transfer_source, config, common)
+              if config.transfer_source is not None else None)
+    purifiers: dict[tuple[str, str], Trained] = {}
+    for clf_label, clf in classifiers.items():
+        if config.include_undefended:
+            purifiers[(clf_label, CLEAN)] = Trained(create_purifier("none").to(dev), "none",
+                                                    "untrained", None, {})
+        for p in config.purifiers:
+            first = next(iter(classifiers))
+            if clf_label != first and not purifier_class(p.name).needs_classifier:
+                purifiers[(clf_label, p.row_label)] = purifiers[(first, p.row_label)]
+                continue
+            purifiers[(clf_label, p.row_label)] = get_purifier(
+                p.name, config.dataset, params=p.params, settings=p.train,
+                checkpoint=p.checkpoint, classifier=clf, train_data=train, cache_dir=cache_dir,
+                device=dev)
+    exp = Experiment(config, Path(out_dir), dev, test, train, classifiers, source, purifiers)
+    exp.cells, exp.skipped = plan(exp)
+    return exp
 
 
-def plan(config: ExperimentConfig, classifier: Trained, source: Trained | None,
-         purifiers: dict[str, Trained], n: int) -> tuple[list[Cell], list[dict[str, str]]]:
+def plan(exp: Experiment) -> tuple[list[Cell], list[dict[str, str]]]:
     """The cells to compute, in run order, and the combinations skipped (with the reason)."""
+    config = exp.config
     entries: dict[str, PurifierEntry | None] = {p.row_label: p for p in config.purifiers}
     entries.setdefault(CLEAN, None)
+    n_all = len(exp.test)
     cells: list[Cell] = []
     skipped: list[dict[str, str]] = []
-    common = {"v": RUNNER_VERSION, "dataset": config.dataset, "n": n, "seed": config.seed,
-              "classifier": classifier.key}
 
     def threat_models_for(label: str) -> list[str]:
         if label == CLEAN:  # every gradient threat model equals gray-box without a purifier
             return ["gray-box"] + [t for t in config.all_threat_models()
                                    if t.split("+")[0] == "transfer"]
         entry = entries[label]
-        return (entry.threat_models if entry and entry.threat_models else config.threat_models)
+        return entry.threat_models if entry and entry.threat_models else config.threat_models
 
-    for label, trained in purifiers.items():
-        cell = Cell(label, None, None, 0.0)
-        cell.key = (config.dataset, config.classifier.row_label, label, CLEAN, CLEAN, CLEAN, 0.0)
-        cell.spec_hash = stable_hash({**common, "purifier": trained.key})
+    for (clf_label, label), trained in exp.purifiers.items():
+        clf = exp.classifiers[clf_label]
+        common = {"v": RUNNER_VERSION, "dataset": config.dataset, "seed": config.seed,
+                  "classifier": clf.key}
+        cell = Cell(clf_label, label, None, None, -1, 0.0, n_all)
+        cell.key = (config.dataset, clf_label, label, CLEAN, CLEAN, CLEAN, 0.0)
+        cell.spec_hash = stable_hash({**common, "n": n_all, "purifier": trained.key})
         cells.append(cell)
-    for attack in config.attacks:
-        for eps in attack.eps:
-            for label, trained in purifiers.items():
-                if attack.purifiers is not None and label not in attack.purifiers:
+        purifier: Purifier = trained.module  # type: ignore[assignment]
+        entry = entries.get(label)
+        for ai, attack in enumerate(config.attacks):
+            if attack.purifiers is not None and label not in attack.purifiers:
+                continue
+            n = min(attack.n_test or n_all, n_all)
+            for tm_text in threat_models_for(label):
+                if attack.threat_models and tm_text not in attack.threat_models:
                     continue
-                purifier: Purifier = trained.module  # type: ignore[assignment]
-                entry = entries.get(label)
-                for tm_text in threat_models_for(label):
-                    if attack.threat_models and tm_text not in attack.threat_models:
-                        continue
-                    samples = (entry.eot_samples if entry and entry.eot_samples
-                               else config.eot_samples)
-                    try:
-                        tm = resolve_threat_model(tm_text, purifier, samples)
-                    except NotApplicableError as exc:
-                        reason = {"purifier": label, "threat_model": tm_text, "reason": str(exc)}
-                        if reason not in skipped:
-                            skipped.append(reason)
-                        continue
+                samples = entry.eot_samples if entry and entry.eot_samples else config.eot_samples
+                try:
+                    tm = resolve_threat_model(tm_text, purifier, samples)
+                except NotApplicableError as exc:
+                    reason = {"purifier": label, "threat_model": tm_text, "reason": str(exc)}
+                    if reason not in skipped:
+                        skipped.append(reason)
+                    continue
+                for eps in attack.eps:
                     details = {"attack_params": attack.params, "restarts": attack.restarts,
                                "eot_samples": tm.eot_samples if tm.eot else None,
-                               "surrogate": purifier.surrogate_name() if tm.base == "bpda" else None}
-                    cell = Cell(label, tm, attack, eps, details=details)
-                    cell.key = (config.dataset, config.classifier.row_label, label, tm.name,
-                                attack.row_label, attack.norm, eps_key(eps))
+                               "surrogate": purifier.surrogate_name() if tm.base == "bpda"
+                               else None}
+                    cell = Cell(clf_label, label, tm, attack, ai, eps, n, details=details)
+                    cell.key = (config.dataset, clf_label, label, tm.name, attack.row_label,
+                                attack.norm, eps_key(eps))
                     cell.spec_hash = stable_hash({
-                        **common, "purifier": trained.key, "tm": tm.name, "k": tm.eot_samples,
-                        "source": source.key if (source and tm.base == "transfer") else None,
+                        **common, "n": n, "purifier": trained.key, "tm": tm.name,
+                        "k": tm.eot_samples,
+                        "source": exp.source.key if (exp.source and tm.base == "transfer")
+                        else None,
                         "attack": attack.name, "norm": attack.norm, "eps": eps_key(eps),
                         "params": attack.params, "restarts": attack.restarts})
                     cells.append(cell)
-    # run order: clean rows, then by (attack, eps), shared crafts first, so a shared batch of
-    # adversarial examples is made once and dropped before the next one
+    # Run order: clean rows, then by (attack, eps); within those, shared crafts first, so a
+    # shared batch of adversarial examples is made once and dropped before the next one.
     order = {id(c): i for i, c in enumerate(cells)}
-    cells.sort(key=lambda c: (c.attack is not None,
-                              config.attacks.index(c.attack) if c.attack else -1, c.eps,
+    cells.sort(key=lambda c: (c.attack is not None, c.attack_index, c.eps,
+                              c.threat_model is not None and c.threat_model.base != "transfer",
                               not c.shared, order[id(c)]))
-    check_unique_keys(cells)
+    keys = [c.key for c in cells]
+    if len(keys) != len(set(keys)):
+        raise ConfigError("two cells of the grid share a row key; give attacks distinct labels "
+                          "or restrict them to distinct purifiers")
     return cells, skipped
 
 
@@ -208,70 +263,86 @@ def run_cells(exp: Experiment, store: ResultStore) -> None:
     shared: dict[tuple, tuple[list[torch.Tensor], float]] = {}
     shared_for: tuple | None = None
     for cell in progress(todo, desc="evaluate", total=len(todo), leave=True, unit="row"):
-        trained = exp.purifiers[cell.purifier]
-        defended = DefendedClassifier(exp.classifier.module, trained.module).eval()
+        defended = exp.defended(cell.classifier, cell.purifier)
+        x, y = x_all[:cell.n], y_all[:cell.n]
         start = time.perf_counter()
+        details = dict(cell.details)
         if cell.attack is None:
             seed_everything(derive_seed(cfg.seed, "eval", cell.key))
-            correct = (predict(defended, x_all, cfg.batch_size) == y_all).cpu().numpy()
+            correct = (predict(defended, x, cfg.batch_size) == y).cpu().numpy()
             seconds = time.perf_counter() - start
         else:
-            attack, tm = cell.attack, cell.threat_model
-            assert tm is not None
-            group = (cfg.attacks.index(attack), eps_key(cell.eps))
+            group = (cell.attack_index, eps_key(cell.eps))
             if group != shared_for:  # a new (attack, eps): drop the previous shared examples
                 shared.clear()
                 shared_for = group
-            if cell.shared and (tm.base, *group) in shared:
-                advs, craft_seconds = shared[(tm.base, *group)]
+            owner = (cell.threat_model.base, *cell.craft_owner)  # type: ignore[union-attr]
+            if owner in shared:
+                advs, craft_seconds = shared[owner]
             else:
-                advs, craft_seconds = _craft_cell(exp, cell, defended, x_all, y_all)
+                advs, craft_seconds = craft_cell(exp, cell, defended, x, y)
                 if cell.shared:
-                    shared[(tm.base, *group)] = (advs, craft_seconds)
+                    shared[owner] = (advs, craft_seconds)
             eval_start = time.perf_counter()
-            correct = np.ones(len(y_all), dtype=bool)
+            correct = np.ones(cell.n, dtype=bool)
+            worst = advs[-1].clone()
             for r, x_adv in enumerate(advs):
                 seed_everything(derive_seed(cfg.seed, "eval", cell.key, r))
-                correct &= (predict(defended, x_adv, cfg.batch_size) == y_all).cpu().numpy()
+                ok = (predict(defended, x_adv, cfg.batch_size) == y).cpu().numpy()
+                newly_broken = torch.from_numpy(correct & ~ok).to(worst.device)
+                worst[newly_broken] = x_adv[newly_broken]
+                correct &= ok
+            details.update(perturbation_size(x, worst))
             seconds = craft_seconds + time.perf_counter() - eval_start
         c = cell.key
         store.put(ResultRow(*c[:6], eps=c[6], n=len(correct), accuracy=float(correct.mean()),
                             seconds=seconds, correct=correct, spec_hash=cell.spec_hash,
-                            details=cell.details))
+                            details=details))
 
 
-def _craft_cell(exp: Experiment, cell: Cell, defended: DefendedClassifier, x: torch.Tensor,
-                y: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+def perturbation_size(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, float]:
+    """Mean L-inf and L2 size of the perturbations, and the L2 size normalised by the image's
+    own L2 norm (the x axis of the patch-VAE paper's plots)."""
+    delta = (x_adv - x).flatten(1)
+    l2 = delta.norm(dim=1)
+    return {"mean_linf": float(delta.abs().amax(1).mean()), "mean_l2": float(l2.mean()),
+            "mean_rel_l2": float((l2 / x.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())}
+
+
+def craft_cell(exp: Experiment, cell: Cell, defended: DefendedClassifier, x: torch.Tensor,
+               y: torch.Tensor) -> tuple[list[torch.Tensor], float]:
     """Adversarial examples of one cell, one tensor per restart, and the seconds it took."""
     cfg, attack, tm = exp.config, cell.attack, cell.threat_model
     assert attack is not None and tm is not None
     start = time.perf_counter()
     if tm.base == "adaptive":
-        purifier = defended.purifier
-
-        def attack_fn(_: nn.Module):
-            return purifier.adaptive_attack(attack.name, defended, cell.eps, attack.norm,  # type: ignore[operator]
-                                            **attack.params)
-        module: nn.Module = defended
+        adaptive = getattr(defended.purifier, "adaptive_attack")
+        atk = adaptive(attack.name, defended, cell.eps, attack.norm, **attack.params)
     else:
         module = attack_module(tm, defended, exp.source.module if exp.source else None)
-
-        def attack_fn(m: nn.Module):
-            return build_attack(attack.name, m, cell.eps, attack.norm, attack.params)
-    owner = "shared" if cell.shared else cell.purifier
+        atk = build_attack(attack.name, module, cell.eps, attack.norm, attack.params)
+    owner = cell.craft_owner
     advs = []
     for r in range(attack.restarts):
-        seed_everything(derive_seed(cfg.seed, "craft", tm.name, owner, attack.row_label,
+        seed_everything(derive_seed(cfg.seed, "craft", tm.name, *owner, attack.row_label,
                                     attack.norm, eps_key(cell.eps), r))
-        desc = f"{attack.row_label} {attack.norm} eps={cell.eps:.4g} {tm.name} " \
-               f"{'' if cell.shared else cell.purifier}".strip()
-        advs.append(craft(attack_fn, module, x, y, cfg.batch_size, desc))
+        who = "" if cell.shared else f" {cell.purifier}"
+        desc = f"{attack.row_label} {attack.norm} eps={cell.eps:.4g} {tm.name}{who}"
+        advs.append(craft(atk, x, y, cfg.batch_size, desc))
     return advs, time.perf_counter() - start
 
 
 def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]:
     """What makes the run reproducible: seed, config, code version, environment, models."""
     spec = dataset_spec(exp.config.dataset)
+    models: dict[str, Any] = {}
+    for label, clf in exp.classifiers.items():
+        models[f"classifier:{label}"] = _model_record(clf)
+    if exp.source is not None:
+        models["transfer_source"] = _model_record(exp.source)
+    for (clf_label, label), pur in exp.purifiers.items():
+        name = f"purifier:{label}" if len(exp.classifiers) == 1 else f"purifier:{clf_label}/{label}"
+        models[name] = _model_record(pur)
     return {
         "config": exp.config.model_dump(mode="json"),
         "seed": exp.config.seed,
@@ -282,11 +353,7 @@ def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         "threads": torch.get_num_threads(),
         "dataset_note": spec.note,
         "test_images": len(exp.test), "test_source": exp.test.source,
-        "models": {
-            "classifier": _model_record(exp.classifier),
-            **({"transfer_source": _model_record(exp.source)} if exp.source else {}),
-            **{f"purifier:{k}": _model_record(v) for k, v in exp.purifiers.items()},
-        },
+        "models": models,
         "skipped": exp.skipped,
     }
 
@@ -300,9 +367,3 @@ def _model_record(t: Trained) -> dict[str, Any]:
 def planned_rows(exp: Experiment, store: ResultStore) -> list[ResultRow]:
     """The finished rows of this experiment's cells, in plan order."""
     return store.rows([c.key for c in exp.cells])
-
-
-def check_unique_keys(cells: list[Cell]) -> None:
-    keys = [c.key for c in cells]
-    if len(keys) != len(set(keys)):
-        raise ConfigError("two cells of the grid share a row key; give attacks distinct labels")

@@ -67,9 +67,12 @@ def _train_and_save(target: Path, build: Callable[[], nn.Module],
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         save_checkpoint(module, tmp, kind=kind, name=name, metrics=metrics, **metadata)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        if target.exists():  # an unusable entry (see the callers), or a concurrent run's
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same training first: keep theirs
+            log.info("%s was written concurrently; keeping that copy", target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -113,9 +116,11 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
     if target.exists():
         try:
             module, config = load_classifier(target, arch, map_location=device)
+            log.info("reusing cached classifier %s", target)
             return Trained(module, key, "cache", target, config)
         except CheckpointError as exc:
             log.warning("retraining: cached %s is unusable (%s)", target, exc)
+    log.info("training classifier %s on %s (cache %s)", arch, dataset, target)
 
     def fit(model: nn.Module) -> dict[str, Any]:
         assert train_data is not None, "training needs train_data"
@@ -178,9 +183,11 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
     if target.exists():
         try:
             module, config = load_purifier(target, name, map_location=device)
+            log.info("reusing cached purifier %s", target)
             return Trained(module, key, "cache", target, config)
         except CheckpointError as exc:
             log.warning("retraining: cached %s is unusable (%s)", target, exc)
+    log.info("training purifier %s on %s (cache %s)", name, dataset, target)
 
     def build() -> Purifier:
         seed_everything(settings.seed)
