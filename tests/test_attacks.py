@@ -87,7 +87,7 @@ def test_threat_model_parsing_and_applicability():
     assert parse_threat_model("bpda+eot") == ("bpda", True)
     assert parse_threat_model("eot") == ("", True)
     with pytest.raises(ConfigError, match="unknown threat model"):
-        parse_threat_model("black-box")
+        parse_threat_model("oracle")
     with pytest.raises(ConfigError, match="white-box or bpda"):
         parse_threat_model("gray-box+eot")
     jpeg = create_purifier("jpeg")

@@ -126,7 +126,7 @@ def test_changed_settings_recompute_only_affected_rows(tmp_path, monkeypatch):
     (lambda c: c["purifiers"].append({"name": "jpg"}), "purifiers[3]: unknown purifier 'jpg'"),
     (lambda c: c["attacks"].append({"name": "pgdd", "eps": [0.1]}),
      "attacks[2]: unknown attack 'pgdd'"),
-    (lambda c: c.update(threat_models=["black-box"]), "unknown threat model"),
+    (lambda c: c.update(threat_models=["oracle"]), "unknown threat model"),
     (lambda c: c.update(dataset="mnits"), "unknown data set 'mnits'"),
     (lambda c: c["attacks"][0].update(eps=["eight/255"]), "attacks.0.eps"),
     (lambda c: c["attacks"][0].update(norm="l1"), "attacks.0.norm"),

@@ -6,11 +6,12 @@
     >>> x_adv = atk(x, y)             # then evaluate defended(x_adv)
 """
 
-from . import gradient  # noqa: F401  (registers fgsm, pgd)
-from .base import ATTACKS, NORMS, Attack, build_attack
+from . import art_engine, autoattack, gradient, optimization  # noqa: F401  (register attacks)
+from .base import ATTACKS, GRADIENT_FREE, NORMS, Attack, WithinBudget, build_attack, gradient_free
 from .threat_models import (BASES, EOT, BPDAClassifier, ThreatModel, attack_module, bpda_purify,
-                            parse_threat_model, resolve_threat_model)
+                            check_attack, parse_threat_model, resolve_threat_model)
 
-__all__ = ["ATTACKS", "NORMS", "Attack", "build_attack", "BASES", "EOT", "BPDAClassifier",
-           "ThreatModel", "attack_module", "bpda_purify", "parse_threat_model",
+__all__ = ["ATTACKS", "GRADIENT_FREE", "NORMS", "Attack", "WithinBudget", "build_attack",
+           "gradient_free", "BASES", "EOT", "BPDAClassifier",
+           "ThreatModel", "attack_module", "bpda_purify", "check_attack", "parse_threat_model",
            "resolve_threat_model"]

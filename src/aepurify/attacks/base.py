@@ -31,6 +31,15 @@ AttackBuilder = Callable[..., Attack]
 
 ATTACKS: Registry[Attack] = Registry("attack")
 
+# Attacks that only query the model's outputs (no gradients): they may run where gradients are
+# not available, e.g. the black-box threat model or a non-differentiable purifier.
+GRADIENT_FREE: set[str] = set()
+
+
+def gradient_free(name: str) -> bool:
+    """Whether attack ``name`` only queries outputs (Square) rather than using gradients."""
+    return name in GRADIENT_FREE
+
 
 def build_attack(name: str, model: nn.Module, eps: float, norm: str = "linf",
                  params: dict[str, Any] | None = None) -> Attack:
@@ -57,3 +66,65 @@ def require_norm(attack: str, norm: str, supported: tuple[str, ...]) -> None:
     """Raise ConfigError if ``attack`` does not support ``norm``."""
     if norm not in supported:
         raise ConfigError(f"attack {attack!r} supports norm {' or '.join(supported)}, not {norm!r}")
+
+
+TORCHATTACKS_NORM = {"linf": "Linf", "l2": "L2"}
+
+
+def set_targeted(attack: Any, name: str, targeted: str | None) -> Any:
+    """Switch a torchattacks attack to a targeted mode.
+
+    Args:
+        targeted: None (untargeted), ``"random"`` (a random wrong class) or ``"least-likely"``
+            (the class the model finds least likely). Robust accuracy still counts an example as
+            broken when it is misclassified at all.
+
+    Raises:
+        ConfigError: unknown mode, or an attack without a targeted mode.
+    """
+    if targeted in (None, False):
+        return attack
+    if "targeted" not in getattr(attack, "supported_mode", []):
+        raise ConfigError(f"attack {name!r} has no targeted mode")
+    if targeted == "random":
+        attack.set_mode_targeted_random(quiet=True)
+    elif targeted == "least-likely":
+        attack.set_mode_targeted_least_likely(quiet=True)
+    else:
+        raise ConfigError(f"targeted must be 'random' or 'least-likely'; got {targeted!r}")
+    return attack
+
+
+def num_classes_of(model: nn.Module, default: int = 10) -> int:
+    """The number of logits of ``model``, read from the classifier inside threat-model
+    wrappers (``num_classes`` attribute), else ``default``."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if isinstance(getattr(m, "num_classes", None), int):
+            return m.num_classes
+        stack.extend(m.children())
+    return default
+
+
+class WithinBudget:
+    """Wrap a minimal-perturbation attack (CW, DeepFool) for robust accuracy at a budget: an
+    adversarial example whose perturbation exceeds ``eps`` in ``norm`` counts as a failure, so the
+    clean image is returned in its place.
+
+    Shapes: (x (N, C, H, W) in [0, 1], y (N,)) -> x_adv (N, C, H, W) in [0, 1].
+    """
+
+    def __init__(self, attack: Attack, eps: float, norm: str) -> None:
+        self.attack, self.eps, self.norm = attack, eps, norm
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = self.attack(x, y)
+        delta = (x_adv - x).flatten(1)
+        size = delta.abs().amax(1) if self.norm == "linf" else delta.norm(dim=1)
+        keep = (size <= self.eps * (1 + 1e-6)).view(-1, 1, 1, 1)
+        return torch.where(keep, x_adv, x)

@@ -13,6 +13,9 @@ adversarial examples are always *evaluated* on the real defended classifier.
   white-box+eot for a differentiable purifier and bpda+eot otherwise.
 - ``transfer``: examples crafted on another classifier (the source), evaluated on this one.
 - ``adaptive``: the purifier's own adaptive attack (defense-specific; see each purifier).
+- ``black-box``: the attacker only queries the defended classifier's outputs; for gradient-free
+  attacks (Square). It needs no differentiable purifier, and a gradient-free attack that beats
+  the gradient attacks is a sign of gradient masking (Carlini et al. 2019).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 from ..errors import ConfigError, NotApplicableError
 from ..purifiers.base import DefendedClassifier, Purifier
 
-BASES = ("gray-box", "white-box", "bpda", "transfer", "adaptive")
+BASES = ("gray-box", "white-box", "bpda", "transfer", "adaptive", "black-box")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class ThreatModel:
     @property
     def uses_purifier_gradients(self) -> bool:
         """Whether the attack module depends on the purifier (so it is crafted per purifier)."""
-        return self.base in ("white-box", "bpda", "adaptive")
+        return self.base in ("white-box", "bpda", "adaptive", "black-box")
 
 
 def parse_threat_model(text: str) -> tuple[str, bool]:
@@ -70,9 +73,9 @@ def parse_threat_model(text: str) -> tuple[str, bool]:
     if base and base not in BASES:
         raise ConfigError(f"unknown threat model {base!r} in {text!r}; use one of "
                           f"{', '.join(BASES)}, optionally with +eot")
-    if eot and base in ("gray-box", "transfer"):
-        raise ConfigError(f"{text!r}: eot needs gradients through the purifier; combine it with "
-                          "white-box or bpda")
+    if eot and base in ("gray-box", "transfer", "adaptive"):
+        raise ConfigError(f"{text!r}: eot averages the purifier's randomness; combine it with "
+                          "white-box, bpda or black-box")
     return base, eot
 
 
@@ -98,6 +101,16 @@ def resolve_threat_model(text: str, purifier: Purifier, eot_samples: int | None 
         raise NotApplicableError(f"{name} has no adaptive attack of its own")
     k = eot_samples if eot_samples is not None else purifier.default_eot_samples
     return ThreatModel(base, eot, k if eot else 1)
+
+
+def check_attack(tm: ThreatModel, attack: str) -> None:
+    """Raise NotApplicableError when ``attack`` cannot run under ``tm``: a gradient attack under
+    black-box (outputs only)."""
+    from .base import gradient_free
+
+    if tm.base == "black-box" and not gradient_free(attack):
+        raise NotApplicableError(f"black-box gives the attacker outputs only, and {attack} needs "
+                                 "gradients; use a gradient-free attack such as square")
 
 
 def bpda_purify(purifier: Purifier, x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +185,7 @@ def attack_module(tm: ThreatModel, defended: DefendedClassifier,
             raise ConfigError("the transfer threat model needs a source classifier "
                               "(transfer_source in the config)")
         module = source
-    elif tm.base == "white-box":
+    elif tm.base in ("white-box", "black-box"):
         module = defended
     elif tm.base == "bpda":
         module = BPDAClassifier(defended)

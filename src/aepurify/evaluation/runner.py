@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attacks import Attack, ThreatModel, attack_module, build_attack, resolve_threat_model
+from ..attacks import (Attack, ThreatModel, attack_module, build_attack, check_attack,
+                       resolve_threat_model)
 from ..data import ImageDataset, dataset_spec, load_dataset
 from ..errors import ConfigError, NotApplicableError
 from ..purifiers import DefendedClassifier, Purifier, create_purifier, purifier_class
@@ -218,6 +219,7 @@ def plan(exp: Experiment) -> tuple[list[Cell], list[dict[str, str]]]:
                 samples = entry.eot_samples if entry and entry.eot_samples else config.eot_samples
                 try:
                     tm = resolve_threat_model(tm_text, purifier, samples)
+                    check_attack(tm, attack.name)
                 except NotApplicableError as exc:
                     reason = {"purifier": label, "threat_model": tm_text, "reason": str(exc)}
                     if reason not in skipped:
