@@ -197,3 +197,91 @@ def test_two_classifiers_transfer_and_per_attack_limits(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Row count" in report and "lenet / bit-depth" in report
     assert (out / "count.txt").read_text() == str(2 * len(rows))
+
+
+def _row(purifier, tm, attack, eps, correct, n=None, details=None):
+    from aepurify.evaluation.store import ResultRow
+    import numpy as np
+
+    correct = np.asarray(correct, dtype=bool)
+    return ResultRow("mnist", "lenet", purifier, tm, attack, "linf" if attack != "none" else "none",
+                     eps, len(correct), float(correct.mean()), 0.0, correct=correct,
+                     details=details or {})
+
+
+def test_adaptive_protocol_is_a_per_example_worst_case():
+    from aepurify.evaluation.summary import summarize
+
+    rows = [
+        _row("p", "none", "none", 0.0, [1, 1, 1, 1]),
+        _row("p", "gray-box", "fgsm", 0.3, [1, 1, 0, 1]),
+        _row("p", "gray-box", "pgd", 0.3, [1, 0, 1, 1]),
+        _row("p", "bpda", "pgd", 0.3, [0, 1, 1, 1]),
+        _row("p", "white-box", "pgd", 0.3, [1, 1, 1, 1, 0, 0]),  # more images: cut to 4
+    ]
+    (s,) = summarize(rows)
+    assert s.n == 4 and s.clean == 1.0
+    assert s.graybox_robust == 0.5  # images 0 and 3 survive both gray-box attacks
+    assert s.adaptive_robust == 0.25  # only image 3 survives everything
+    assert s.worst_attack in ("gray-box / fgsm", "gray-box / pgd", "bpda / pgd")
+    assert s.adaptive_robust <= s.graybox_robust
+
+
+def test_sanity_checks_flag_masking_and_say_why():
+    from aepurify.evaluation.config import parse_config
+    from aepurify.evaluation.sanity import run_checks
+
+    config = parse_config({**TINY, "sanity": {"enabled": True, "steps": [10, 100],
+                                              "restarts": 2, "square_queries": 50}})
+    eps = 0.3
+    good = [1] * 2 + [0] * 8
+    rows = [
+        _row("p", "bpda", "sanity-pgd-10", eps, good),
+        _row("p", "bpda", "sanity-pgd-100", eps, [1] * 6 + [0] * 4),  # more steps, higher: bad
+        _row("p", "bpda", "sanity-pgd-100", 1.0, [1] * 5 + [0] * 5),  # not ~0 at a huge eps
+        _row("p", "bpda", "sanity-pgd-10x2", eps, good),
+        _row("p", "black-box", "sanity-square-50", eps, [0] * 10),  # Square beats gradients
+        _row("p", "gray-box", "pgd", eps, [0] * 10),
+        _row("p", "bpda", "pgd", eps, [1] * 10),  # purifier-aware weaker than gray-box
+        _row("p", "bpda+eot", "pgd", 0.1, [1] * 10, details={"eot_samples": 5}),
+    ]
+    results = {r.check: r for r in run_checks(rows, config, {"p": True})}
+    assert set(results) == {"large-eps", "more-iterations", "more-restarts",
+                            "square-vs-gradient", "white-box-vs-gray-box", "eot-samples"}
+    assert results["more-restarts"].passed is True
+    for check in ("large-eps", "more-iterations", "square-vs-gradient", "white-box-vs-gray-box",
+                  "eot-samples"):
+        assert results[check].passed is False, check
+        assert results[check].detail
+    assert "0.500" in results["large-eps"].detail and "5" in results["eot-samples"].detail
+
+
+def test_outputs_of_the_rigorous_protocol(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["n_test"] = 30
+    config["purifiers"] = [TINY["purifiers"][1]]  # jpeg: gray-box and bpda
+    config["attacks"] = [{"name": "pgd", "eps": [0.3], "params": {"steps": 3}}]
+    config["sanity"] = {"enabled": True, "n_test": 30, "steps": [2, 4], "restarts": 2,
+                        "square_queries": 20}
+    out = tmp_path / "run"
+    evaluate(_write(tmp_path, config), out)
+    with open(out / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert {"dataset", "classifier", "purifier", "norm", "eps", "clean", "graybox_robust",
+            "adaptive_robust"} <= set(summary[0])
+    for s in summary:
+        assert float(s["adaptive_robust"]) <= float(s["graybox_robust"])
+    assert {s["eps"] for s in summary} == {"0.3"}  # the huge sanity budget is a check only
+    with open(out / "sanity.csv") as f:
+        sanity = list(csv.DictReader(f))
+    assert {"check", "purifier", "passed", "detail"} <= set(sanity[0])
+    assert {r["check"] for r in sanity} >= {"large-eps", "more-iterations", "square-vs-gradient",
+                                            "white-box-vs-gray-box"}
+    with open(out / "results.csv") as f:
+        records = list(csv.DictReader(f))
+    assert any(r["threat_model"] == "black-box" and r["purifier"] == "jpeg" for r in records)
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in html
+    assert 'src="accuracy-' not in html  # every plot is inlined: one self-contained file
+    assert "Sanity checks" in html and "Adaptive robust accuracy" in html
+    assert (out / "examples-lenet-jpeg.png").exists()

@@ -149,7 +149,23 @@ def evaluate(
     rows = run(find_config(config), out, n_test=n_test, data_dir=data_dir, cache_dir=cache_dir,
                device=device)
     console_table(rows)
-    console.print(f"report: {out / 'report.md'}  results: {out / 'results.csv'}")
+    _print_sanity(out)
+    console.print(f"report: {out / 'report.md'} (and report.html)  results: "
+                  f"{out / 'results.csv'}, {out / 'summary.csv'}")
+
+
+def _print_sanity(out: Path) -> None:
+    """Failed gradient-masking checks, so none fails silently."""
+    import csv
+
+    path = out / "sanity.csv"
+    if not path.is_file():
+        return
+    with open(path) as f:
+        failed = [r for r in csv.DictReader(f) if r["passed"] == "false"]
+    for r in failed:
+        console.print(f"[bold red]sanity check failed[/]: {r['check']} ({r['purifier']}): "
+                      f"{r['detail']}", highlight=False)
 
 
 @app.command()

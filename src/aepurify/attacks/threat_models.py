@@ -16,6 +16,9 @@ adversarial examples are always *evaluated* on the real defended classifier.
 - ``black-box``: the attacker only queries the defended classifier's outputs; for gradient-free
   attacks (Square). It needs no differentiable purifier, and a gradient-free attack that beats
   the gradient attacks is a sign of gradient masking (Carlini et al. 2019).
+- ``strongest``: shorthand resolved per purifier to the strongest generic gradient threat model:
+  white-box where the purifier is exactly differentiable, else bpda, with eot added for a
+  stochastic purifier. Rows carry the resolved name.
 """
 
 from __future__ import annotations
@@ -63,12 +66,14 @@ def parse_threat_model(text: str) -> tuple[str, bool]:
         ConfigError: unknown part, or eot combined with gray-box or transfer (those attackers
             never see the purifier's randomness).
     """
+    if text.strip() == "strongest":
+        return "strongest", False
     parts = [p.strip() for p in text.split("+") if p.strip()]
     eot = "eot" in parts
     rest = [p for p in parts if p != "eot"]
     if len(rest) > 1 or (not rest and not eot) or parts.count("eot") > 1:
         raise ConfigError(f"unknown threat model {text!r}; use one of {', '.join(BASES)}, "
-                          "optionally with +eot")
+                          "optionally with +eot, or strongest")
     base = rest[0] if rest else ""
     if base and base not in BASES:
         raise ConfigError(f"unknown threat model {base!r} in {text!r}; use one of "
@@ -90,6 +95,8 @@ def resolve_threat_model(text: str, purifier: Purifier, eot_samples: int | None 
     """
     base, eot = parse_threat_model(text)
     name = type(purifier).__name__
+    if base == "strongest":
+        base, eot = ("white-box" if purifier.differentiable else "bpda"), purifier.stochastic
     if not base:  # plain "eot"
         base = "white-box" if purifier.differentiable else "bpda"
     if base == "white-box" and not purifier.differentiable:

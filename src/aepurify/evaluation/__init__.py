@@ -12,13 +12,18 @@ from typing import Any
 
 from .analyses import ANALYSES, AnalysisResult, run_analyses
 from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry, load_config
+from .examples import example_figures
+from .html import write_html
 from .report import console_table, plot_threat_models, write_csv, write_markdown
 from .runner import Experiment, planned_rows, prepare, run_cells, run_record
+from .sanity import SanityResult, run_checks, write_sanity_csv
 from .store import COLUMNS, ResultRow, ResultStore
+from .summary import SummaryRow, summarize, write_summary_csv
 
 __all__ = ["evaluate", "load_config", "ExperimentConfig", "ClassifierEntry", "PurifierEntry",
            "AttackEntry", "ResultRow", "ResultStore", "COLUMNS", "write_outputs", "Experiment",
-           "ANALYSES", "AnalysisResult", "console_table"]
+           "ANALYSES", "AnalysisResult", "console_table", "SummaryRow", "SanityResult", "summarize",
+           "run_checks"]
 
 
 def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
@@ -27,9 +32,10 @@ def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
              argv: list[str] | None = None) -> list[ResultRow]:
     """Run an experiment config end to end and write its outputs into ``out_dir``.
 
-    Outputs: ``results.db`` (resumable store), ``results.csv``, ``report.md``,
-    ``accuracy-<threat model>.png``, the analyses' files and ``run.json`` (seed, config, code
-    version, models).
+    Outputs: ``results.db`` (resumable store), ``results.csv``, ``summary.csv`` (adaptive
+    protocol), ``sanity.csv`` (gradient-masking checks), ``report.md``, ``report.html``
+    (self-contained), ``accuracy-<threat model>.png``, ``examples-*.png``, the analyses' files
+    and ``run.json`` (seed, config, code version, models).
 
     Args:
         config: YAML path or a parsed config.
@@ -61,16 +67,28 @@ def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
         run_cells(exp, store)
         rows = planned_rows(exp, store)
         analyses = run_analyses(exp, rows, store, out)
-    write_outputs(rows, record, out, analyses)
+        examples = example_figures(exp, rows, store, out)
+    stochastic = {label: bool(t.module.stochastic) for (_, label), t in exp.purifiers.items()}
+    summary = summarize(rows)
+    sanity = run_checks(rows, exp.config, stochastic)
+    write_outputs(rows, record, out, analyses, summary, sanity, examples)
     record["analyses"] = {a.title: a.data for a in analyses}
+    record["sanity_failed"] = [f"{r.check}: {r.purifier}" for r in sanity if r.passed is False]
     (out / "run.json").write_text(json.dumps({**record, "status": "finished"}, indent=2,
                                              default=str) + "\n")
     return rows
 
 
 def write_outputs(rows: list[ResultRow], record: dict[str, Any], out: Path,
-                  analyses: list[AnalysisResult] | None = None) -> None:
-    """results.csv, the plots and report.md from finished rows."""
+                  analyses: list[AnalysisResult] | None = None,
+                  summary: list[SummaryRow] | None = None,
+                  sanity: list[SanityResult] | None = None,
+                  examples: list[tuple[str, str]] | None = None) -> None:
+    """results.csv, summary.csv, sanity.csv, the plots, report.md and report.html."""
     write_csv(rows, out / "results.csv")
+    write_summary_csv(summary if summary is not None else summarize(rows), out / "summary.csv")
+    write_sanity_csv(sanity or [], out / "sanity.csv")
     plots = plot_threat_models(rows, out)
-    write_markdown(rows, record, out / "report.md", plots, analyses)
+    write_markdown(rows, record, out / "report.md", plots, analyses, summary, sanity, examples)
+    write_html(out / "report.md", out / "report.html",
+               f"aepurify report: {record.get('config', {}).get('name', 'experiment')}")

@@ -109,7 +109,8 @@ class AttackEntry(_Strict):
         restarts: runs per example; an example counts as robust only if it survives all.
         n_test: attack only the first n_test test images (an expensive attack on fewer images;
             the row's ``n`` says how many).
-        threat_models: restrict this attack to these threat models.
+        threat_models: run this attack under these threat models (the most specific list wins:
+            the attack's, else the purifier's, else the config's).
         purifiers: restrict this attack to these purifier labels (``none`` is the undefended
             classifier); lets a config give an expensive purifier cheaper attack settings.
     """
@@ -136,6 +137,54 @@ class AttackEntry(_Strict):
     @property
     def row_label(self) -> str:
         return self.label or self.name
+
+
+class SanitySettings(_Strict):
+    """Gradient-masking checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness").
+
+    When enabled, the runner adds PGD rows with ``steps`` iterations (and the first with
+    ``restarts`` restarts), a Square row under ``black-box`` and a PGD row at ``large_eps``, all
+    on the first ``n_test`` images under each purifier's ``threat_model`` (``strongest``: white-box
+    where exact, else bpda, plus eot for a random purifier). The checks read those rows and the
+    grid's gray-box / transfer / white-box rows and land in ``sanity.csv`` and the report.
+
+    Attributes:
+        enabled: add the sanity rows and checks.
+        norm: norm of the sanity attacks.
+        eps: budget of the iteration and Square checks (default: the largest budget of that norm
+            among the config's attacks).
+        large_eps: a budget at which accuracy must fall to about 0 (default 1.0 for L-inf, where
+            any image is reachable, 60 for L2).
+        n_test: images for the sanity attacks.
+        steps: PGD iteration counts to compare (more must not raise accuracy).
+        restarts: restarts of the first PGD (more must not raise accuracy).
+        square_queries: queries of the Square attack.
+        threat_model: threat model of the gradient sanity attacks.
+        tolerance: accuracy difference tolerated before a comparison check fails.
+        large_eps_max_accuracy: accuracy at ``large_eps`` above which that check fails.
+        min_eot_samples: EOT draws a random purifier needs for its adaptive accuracy to count.
+    """
+
+    enabled: bool = False
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float | None = Field(None, gt=0)
+    large_eps: float | None = Field(None, gt=0)
+    n_test: int = Field(100, ge=1)
+    steps: list[int] = Field(default_factory=lambda: [10, 100], min_length=2)
+    restarts: int = Field(5, ge=1)
+    square_queries: int = Field(1000, ge=1)
+    threat_model: str = "strongest"
+    tolerance: float = Field(0.03, ge=0)
+    large_eps_max_accuracy: float = Field(0.1, ge=0, le=1)
+    min_eot_samples: int = Field(20, ge=1)
+
+    @field_validator("eps", "large_eps", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> Any:
+        return None if value is None else _parse_eps(value)
+
+
+SANITY_PREFIX = "sanity-"
 
 
 class AnalysisEntry(_Strict):
@@ -166,6 +215,7 @@ class ExperimentConfig(_Strict):
         attacks: attacks with their budgets.
         eot_samples: EOT draws (default: each purifier's own).
         analyses: extra analyses run after the grid (see ``aepurify.evaluation.analyses``).
+        sanity: gradient-masking checks (see :class:`SanitySettings`).
     """
 
     name: str = "experiment"
@@ -183,6 +233,7 @@ class ExperimentConfig(_Strict):
     attacks: list[AttackEntry] = Field(default_factory=list)
     eot_samples: int | None = Field(None, ge=1)
     analyses: list[AnalysisEntry] = Field(default_factory=list)
+    sanity: SanitySettings = Field(default_factory=SanitySettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -248,6 +299,10 @@ class ExperimentConfig(_Strict):
                 parse_threat_model(tm)
             except ConfigError as exc:
                 raise ConfigError(f"threat_models: {exc}") from None
+        try:
+            parse_threat_model(self.sanity.threat_model)
+        except ConfigError as exc:
+            raise ConfigError(f"sanity.threat_model: {exc}") from None
         for i, a in enumerate(self.analyses):
             from .analyses import ANALYSES
 
@@ -258,6 +313,36 @@ class ExperimentConfig(_Strict):
         needs_source = any(parse_threat_model(t)[0] == "transfer" for t in self.all_threat_models())
         if needs_source and self.transfer_source is None:
             raise ConfigError("the transfer threat model needs transfer_source in the config")
+
+    def sanity_attacks(self) -> list[AttackEntry]:
+        """The attack entries the sanity checks add (labels start with ``sanity-``)."""
+        s = self.sanity
+        if not s.enabled:
+            return []
+        eps = s.eps
+        if eps is None:
+            budgets = [e for a in self.attacks if a.norm == s.norm for e in a.eps]
+            eps = max(budgets) if budgets else (0.3 if s.norm == "linf" else 2.0)
+        large = s.large_eps if s.large_eps is not None else (1.0 if s.norm == "linf" else 60.0)
+        few, many = s.steps[0], s.steps[-1]
+        common = {"norm": s.norm, "n_test": s.n_test}
+        entries = [AttackEntry(name="pgd", label=f"{SANITY_PREFIX}pgd-{k}", eps=[eps],
+                               params={"steps": k}, threat_models=[s.threat_model], **common)
+                   for k in s.steps[:-1]]
+        entries.append(AttackEntry(name="pgd", label=f"{SANITY_PREFIX}pgd-{many}",
+                                   eps=[eps, large], params={"steps": many},
+                                   threat_models=[s.threat_model], **common))
+        entries.append(AttackEntry(name="pgd", label=f"{SANITY_PREFIX}pgd-{few}x{s.restarts}",
+                                   eps=[eps], params={"steps": few}, restarts=s.restarts,
+                                   threat_models=[s.threat_model], **common))
+        entries.append(AttackEntry(name="square", label=f"{SANITY_PREFIX}square-{s.square_queries}",
+                                   eps=[eps], params={"n_queries": s.square_queries},
+                                   threat_models=["black-box"], **common))
+        return entries
+
+    def all_attacks(self) -> list[AttackEntry]:
+        """The config's attacks followed by the sanity attacks."""
+        return [*self.attacks, *self.sanity_attacks()]
 
     def all_threat_models(self) -> list[str]:
         names = list(self.threat_models)

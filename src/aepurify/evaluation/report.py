@@ -20,6 +20,8 @@ from .store import COLUMNS, ResultRow  # noqa: E402
 
 if TYPE_CHECKING:
     from .analyses import AnalysisResult
+    from .sanity import SanityResult
+    from .summary import SummaryRow
 
 CLEAN = "none"
 
@@ -77,10 +79,45 @@ def _model(record: dict[str, Any], classifier: str, purifier: str) -> dict[str, 
         or {}
 
 
+def summary_lines(summary: list[SummaryRow], several: bool) -> list[str]:
+    """The adaptive-protocol table: clean, gray-box and adaptive robust accuracy."""
+    lines = ["## Adaptive robust accuracy", "",
+             "Per-example worst case: an image counts as robust only if it survives every "
+             "attack it met (gray-box: every gray-box attack; adaptive: every attack under every "
+             "threat model), on the same images (n).", "",
+             "| defense | norm | eps | n | clean | gray-box robust | adaptive robust | "
+             "worst single attack | rows |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    for s in summary:
+        label = f"{s.classifier} / {s.purifier}" if several else s.purifier
+        gray = "-" if s.graybox_robust != s.graybox_robust else f"{s.graybox_robust:.3f}"
+        lines.append(f"| {label} | {s.norm} | {fmt_eps(s.eps)} | {s.n} | {s.clean:.3f} | {gray} | "
+                     f"**{s.adaptive_robust:.3f}** | {s.worst_attack} ({s.worst_accuracy:.3f}) | "
+                     f"{s.attacks} |")
+    return lines
+
+
+def sanity_lines(results: list[SanityResult], several: bool) -> list[str]:
+    """The gradient-masking checks, failures marked FAILED."""
+    failed = sum(r.passed is False for r in results)
+    lines = ["## Sanity checks (gradient masking)", "",
+             f"{failed} of {len(results)} checks failed." if failed else
+             f"All {sum(r.passed is True for r in results)} checks that ran passed.", "",
+             "| check | defense | verdict | detail |", "|---|---|---|---|"]
+    for r in results:
+        verdict = {True: "passed", False: "FAILED", None: "not run"}[r.passed]
+        label = f"{r.classifier} / {r.purifier}" if several else r.purifier
+        lines.append(f"| {r.check} | {label} | {verdict} | {r.detail} |")
+    return lines
+
+
 def write_markdown(rows: list[ResultRow], record: dict[str, Any], path: Path,
-                   plots: dict[str, str], analyses: list[AnalysisResult] | None = None) -> Path:
-    """``report.md``: how the run was made, clean accuracy, one table per threat model, the
-    skipped combinations with their reasons, the plots and the analyses."""
+                   plots: dict[str, str], analyses: list[AnalysisResult] | None = None,
+                   summary: list[SummaryRow] | None = None,
+                   sanity: list[SanityResult] | None = None,
+                   examples: list[tuple[str, str]] | None = None) -> Path:
+    """``report.md``: how the run was made, the adaptive-protocol summary, the sanity checks,
+    clean accuracy, one table per threat model with its plot, the analyses, example images,
+    the combinations not evaluated (with the reason) and the models."""
     cfg = record.get("config", {})
     several = _several(rows)
     clean = clean_accuracy(rows)
@@ -100,9 +137,13 @@ def write_markdown(rows: list[ResultRow], record: dict[str, Any], path: Path,
         "classifier, white-box through the purifier, bpda through its surrogate, eot averages "
         "the purifier's randomness).",
         "",
-        "## Clean accuracy", "",
-        "| defense | clean accuracy | properties |", "|---|---:|---|",
     ]
+    if summary:
+        lines += summary_lines(summary, several) + [""]
+    if sanity:
+        lines += sanity_lines(sanity, several) + [""]
+    lines += ["## Clean accuracy", "",
+              "| defense | clean accuracy | properties |", "|---|---:|---|"]
     for (clf, pur), acc in clean.items():
         props = _model(record, clf, pur).get("properties") or {}
         flags = ", ".join(k for k in ("differentiable", "stochastic") if props.get(k))
@@ -127,6 +168,13 @@ def write_markdown(rows: list[ResultRow], record: dict[str, Any], path: Path,
             lines += ["", f"![accuracy versus epsilon, {tm}]({plots[tm]})"]
     for result in analyses or []:
         lines += ["", f"## {result.title}", "", result.markdown.rstrip()]
+    if examples:
+        lines += ["", "## Examples", "",
+                  "Clean image, adversarial image (with the defended prediction), purified image "
+                  "and the perturbation (amplified), for the strongest attack at the largest "
+                  "budget."]
+        for caption, name in examples:
+            lines += ["", f"**{caption}**", "", f"![{caption}]({name})"]
     if record.get("skipped"):
         lines += ["", "## Not evaluated", "", "| purifier | threat model | why |", "|---|---|---|"]
         for s in record["skipped"]:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # Bump when the way rows are computed changes, so stale rows are recomputed.
 RUNNER_VERSION = 2
 CLEAN = "none"
+# adversarial images kept per row for the report's example figures
+EXAMPLES_PER_ROW = 4
 
 
 @dataclass
@@ -199,6 +201,17 @@ def plan(exp: Experiment) -> tuple[list[Cell], list[dict[str, str]]]:
         entry = entries[label]
         return entry.threat_models if entry and entry.threat_models else config.threat_models
 
+    def threat_models_of(attack: AttackEntry, label: str) -> list[str]:
+        """The most specific list wins: the attack's, else the purifier's, else the config's.
+        Without a purifier every attack that sees the model is a gray-box attack."""
+        if not attack.threat_models:
+            return threat_models_for(label)
+        if label != CLEAN:
+            return attack.threat_models
+        kept = ["gray-box"] if any(t.split("+")[0] != "transfer"
+                                   for t in attack.threat_models) else []
+        return kept + [t for t in attack.threat_models if t.split("+")[0] == "transfer"]
+
     for (clf_label, label), trained in exp.purifiers.items():
         clf = exp.classifiers[clf_label]
         common = {"v": RUNNER_VERSION, "dataset": config.dataset, "seed": config.seed,
@@ -209,13 +222,11 @@ def plan(exp: Experiment) -> tuple[list[Cell], list[dict[str, str]]]:
         cells.append(cell)
         purifier: Purifier = trained.module  # type: ignore[assignment]
         entry = entries.get(label)
-        for ai, attack in enumerate(config.attacks):
+        for ai, attack in enumerate(config.all_attacks()):
             if attack.purifiers is not None and label not in attack.purifiers:
                 continue
             n = min(attack.n_test or n_all, n_all)
-            for tm_text in threat_models_for(label):
-                if attack.threat_models and tm_text not in attack.threat_models:
-                    continue
+            for tm_text in threat_models_of(attack, label):
                 samples = entry.eot_samples if entry and entry.eot_samples else config.eot_samples
                 try:
                     tm = resolve_threat_model(tm_text, purifier, samples)
@@ -296,6 +307,7 @@ def run_cells(exp: Experiment, store: ResultStore) -> None:
                 correct &= ok
             details.update(perturbation_size(x, worst))
             seconds = craft_seconds + time.perf_counter() - eval_start
+            store.put_examples(cell.key, worst[:EXAMPLES_PER_ROW].cpu().numpy())
         c = cell.key
         store.put(ResultRow(*c[:6], eps=c[6], n=len(correct), accuracy=float(correct.mean()),
                             seconds=seconds, correct=correct, spec_hash=cell.spec_hash,

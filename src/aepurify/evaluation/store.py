@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (dataset, classifier, purifier, threat_model, attack, norm, eps)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS examples (
+    row_key TEXT PRIMARY KEY, shape TEXT NOT NULL, data BLOB NOT NULL
+);
 """
 
 
@@ -140,6 +143,25 @@ class ResultStore:
         if keys is None:
             return list(found.values())
         return [found[k] for k in keys if k in found]
+
+    def put_examples(self, key: tuple, images: np.ndarray) -> None:
+        """Keep a few adversarial images of a row (float16, (k, C, H, W) in [0, 1]) for the
+        report's example figures."""
+        arr = np.asarray(images, dtype=np.float16)
+        self._db.execute("INSERT OR REPLACE INTO examples VALUES (?, ?, ?)",
+                         (json.dumps([*key[:6], eps_key(key[6])]), json.dumps(arr.shape),
+                          arr.tobytes()))
+        self._db.commit()
+
+    def examples(self, key: tuple) -> np.ndarray | None:
+        """The stored adversarial images of a row, float32 (k, C, H, W), or None."""
+        cur = self._db.execute("SELECT shape, data FROM examples WHERE row_key=?",
+                               (json.dumps([*key[:6], eps_key(key[6])]),))
+        rec = cur.fetchone()
+        if rec is None:
+            return None
+        return np.frombuffer(rec[1], dtype=np.float16).reshape(json.loads(rec[0])).astype(
+            np.float32)
 
     def set_meta(self, key: str, value: Any) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))

@@ -1,0 +1,175 @@
+"""Gradient-masking checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness",
+section 5), run on the finished rows of a grid.
+
+| check | passes when | a failure suggests |
+|---|---|---|
+| ``large-eps`` | PGD at a huge budget brings accuracy to about 0 | the attack cannot reach the classifier: masked or broken gradients |
+| ``more-iterations`` | more PGD iterations do not raise accuracy | the attack is not converging: noisy or masked gradients |
+| ``more-restarts`` | restarts do not raise accuracy (true by construction: worst case) | a bookkeeping error |
+| ``square-vs-gradient`` | the gradient-free Square attack does not beat the gradient attacks | gradient masking: the gradients lie |
+| ``white-box-vs-gray-box`` | attacks that see the purifier are not weaker than gray-box or transfer attacks | the purifier's gradients (or surrogate) mislead the attacker |
+| ``eot-samples`` | a random purifier was attacked with EOT over at least ``min_eot_samples`` draws | its robust accuracy is not adaptive yet |
+
+Comparisons use the same images (the first n of both rows) and a tolerance. A failed check is
+written to ``sanity.csv`` and shown in the report with its numbers; a check that could not run
+says why.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import SANITY_PREFIX, ExperimentConfig
+from .store import ResultRow, eps_key
+
+CLEAN = "none"
+SANITY_COLUMNS = ("check", "dataset", "classifier", "purifier", "passed", "detail")
+PURIFIER_GRADIENT_BASES = ("white-box", "bpda", "adaptive")
+
+
+@dataclass
+class SanityResult:
+    """One check for one defended classifier.
+
+    Attributes:
+        passed: True, False, or None when the check could not run (``detail`` says why).
+        detail: the numbers behind the verdict.
+    """
+
+    check: str
+    dataset: str
+    classifier: str
+    purifier: str
+    passed: bool | None
+    detail: str
+
+
+def _acc(row: ResultRow, n: int) -> float:
+    return float(row.correct[:n].mean())
+
+
+def _pair(a: ResultRow, b: ResultRow) -> tuple[float, float, int]:
+    n = min(a.n, b.n)
+    return _acc(a, n), _acc(b, n), n
+
+
+def run_checks(rows: list[ResultRow], config: ExperimentConfig,
+               stochastic: dict[str, bool]) -> list[SanityResult]:
+    """All checks for every (classifier, purifier) of the rows.
+
+    Args:
+        rows: the finished rows of the grid (sanity rows included when enabled).
+        config: the experiment config (sanity settings).
+        stochastic: purifier label -> declared stochastic.
+    """
+    s = config.sanity
+    tol = s.tolerance
+    by_defense: dict[tuple[str, str, str], list[ResultRow]] = defaultdict(list)
+    for r in rows:
+        if r.attack != CLEAN:
+            by_defense[(r.dataset, r.classifier, r.purifier)].append(r)
+    out: list[SanityResult] = []
+    sanity_attacks = {a.row_label: a for a in config.sanity_attacks()}
+    few, many = s.steps[0], s.steps[-1]
+    for (dataset, clf, pur), group in by_defense.items():
+        def result(check: str, passed: bool | None, detail: str) -> None:
+            out.append(SanityResult(check, dataset, clf, pur, passed, detail))
+
+        def find(label: str, eps: float) -> ResultRow | None:
+            return next((r for r in group if r.attack == label and
+                         eps_key(r.eps) == eps_key(eps)), None)
+
+        if s.enabled:
+            pgd_many = sanity_attacks[f"{SANITY_PREFIX}pgd-{many}"]
+            eps, large = pgd_many.eps[0], pgd_many.eps[-1]
+            big = find(pgd_many.row_label, large)
+            if big is None:
+                result("large-eps", None, "no row: the sanity threat model does not apply")
+            else:
+                acc = _acc(big, big.n)
+                result("large-eps", acc <= s.large_eps_max_accuracy,
+                       f"accuracy {acc:.3f} under {big.threat_model} PGD-{many} at {s.norm} eps "
+                       f"{large:g} (must be <= {s.large_eps_max_accuracy:g}; n={big.n})")
+            lo, hi = find(f"{SANITY_PREFIX}pgd-{few}", eps), find(pgd_many.row_label, eps)
+            if lo is None or hi is None:
+                result("more-iterations", None, "no rows: the sanity threat model does not apply")
+            else:
+                a_lo, a_hi, n = _pair(lo, hi)
+                result("more-iterations", a_hi <= a_lo + tol,
+                       f"PGD-{few} {a_lo:.3f}, PGD-{many} {a_hi:.3f} at eps {eps:g} "
+                       f"({lo.threat_model}; n={n}, tolerance {tol:g})")
+            rs = find(f"{SANITY_PREFIX}pgd-{few}x{s.restarts}", eps)
+            if lo is None or rs is None:
+                result("more-restarts", None, "no rows: the sanity threat model does not apply")
+            else:
+                a_lo, a_rs, n = _pair(lo, rs)
+                result("more-restarts", a_rs <= a_lo + tol,
+                       f"PGD-{few} {a_lo:.3f}, {s.restarts} restarts {a_rs:.3f} (n={n})")
+            sq = find(f"{SANITY_PREFIX}square-{s.square_queries}", eps)
+            grads = [r for r in (lo, hi, rs) if r is not None]
+            if sq is None or not grads:
+                result("square-vs-gradient", None, "no Square or gradient sanity rows")
+            else:
+                best = min(grads, key=lambda r: _pair(r, sq)[0])
+                a_grad, a_sq, n = _pair(best, sq)
+                result("square-vs-gradient", a_sq >= a_grad - tol,
+                       f"Square ({s.square_queries} queries, {sq.threat_model}) {a_sq:.3f}, best "
+                       f"gradient attack {a_grad:.3f} ({best.threat_model} {best.attack}; n={n})")
+        if pur != CLEAN:
+            _white_vs_gray(group, tol, result)
+            if stochastic.get(pur):
+                eot_rows = [r for r in group if r.threat_model.endswith("+eot")]
+                most = max((r.details.get("eot_samples") or 0 for r in eot_rows), default=0)
+                for r in group:  # AutoAttack's rand version and APGD eot_iter average too
+                    most = max(most, int(r.details.get("attack_params", {}).get("eot_iter", 0)))
+                    if r.details.get("attack_params", {}).get("version") == "rand":
+                        most = max(most, 20)
+                result("eot-samples", most >= s.min_eot_samples,
+                       f"most EOT draws in any row: {most} (needs >= {s.min_eot_samples} for a "
+                       "random purifier)")
+    return out
+
+
+def _white_vs_gray(group: list[ResultRow], tol: float, result: Any) -> None:
+    """Attacks that see the purifier must not be weaker than gray-box / transfer ones."""
+    cells: dict[tuple[str, str, float], dict[str, ResultRow]] = defaultdict(dict)
+    for r in group:
+        cells[(r.attack, r.norm, eps_key(r.eps))][r.threat_model] = r
+    worst_gap, worst_detail, compared = -1.0, "", 0
+    for (attack, norm, eps), tms in cells.items():
+        seeing = [r for tm, r in tms.items() if tm.split("+")[0] in PURIFIER_GRADIENT_BASES]
+        blind = [r for tm, r in tms.items() if tm in ("gray-box", "transfer")]
+        if not seeing or not blind:
+            continue
+        best_seeing = min(seeing, key=lambda r: r.accuracy)
+        for other in blind:
+            a_see, a_blind, n = _pair(best_seeing, other)
+            compared += 1
+            gap = a_see - a_blind
+            if gap > worst_gap:
+                worst_gap = gap
+                worst_detail = (f"{attack} {norm} eps {eps:g}: {best_seeing.threat_model} "
+                                f"{a_see:.3f} vs {other.threat_model} {a_blind:.3f} (n={n})")
+    if not compared:
+        result("white-box-vs-gray-box", None, "no attack ran under both a purifier-aware and a "
+                                              "gray-box/transfer threat model")
+        return
+    result("white-box-vs-gray-box", worst_gap <= tol,
+           f"largest excess of a purifier-aware attack over gray-box/transfer: {worst_gap:+.3f} "
+           f"at {worst_detail} ({compared} comparisons, tolerance {tol:g})")
+
+
+def write_sanity_csv(results: list[SanityResult], path: Path) -> Path:
+    """``sanity.csv`` with the columns of :data:`SANITY_COLUMNS` (passed: true/false/empty)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(SANITY_COLUMNS))
+        writer.writeheader()
+        for r in results:
+            rec = asdict(r)
+            rec["passed"] = "" if r.passed is None else str(r.passed).lower()
+            writer.writerow(rec)
+    return path

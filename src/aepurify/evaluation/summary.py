@@ -1,0 +1,110 @@
+"""The adaptive protocol: per-example worst case over every attack and threat model.
+
+Purifier defenses look strong under gray-box attacks and fall under adaptive ones (Athalye,
+Carlini and Wagner 2018; Tramer et al. 2020). For each (classifier, purifier, norm, eps) this
+module combines the finished rows image by image:
+
+- ``graybox_robust``: the fraction of images that survive every gray-box attack;
+- ``adaptive_robust``: the fraction that survive every attack under every threat model (gray-box,
+  transfer, white-box, bpda, eot, black-box, the purifier's own adaptive attacks).
+
+Both are computed on the same images (the first ``n``, where ``n`` is the smallest row size in
+the group), so ``adaptive_robust <= graybox_robust`` holds by construction: an image counts as
+robust only if it survives the worst attack it met. Sanity rows at the config's budgets count
+(they are attacks like any other); the sanity check's huge budget gets no summary line.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import SANITY_PREFIX
+from .store import ResultRow, eps_key
+
+CLEAN = "none"
+SUMMARY_COLUMNS = ("dataset", "classifier", "purifier", "norm", "eps", "n", "clean",
+                   "graybox_robust", "adaptive_robust", "worst_attack", "worst_accuracy",
+                   "attacks")
+
+
+@dataclass
+class SummaryRow:
+    """One (classifier, purifier, norm, eps) of the adaptive protocol.
+
+    Attributes:
+        n: images combined (the first n test images).
+        clean: clean accuracy on those images.
+        graybox_robust: per-example worst case over the gray-box rows (NaN if none).
+        adaptive_robust: per-example worst case over every row.
+        worst_attack: the single row (``threat model / attack``) with the lowest accuracy.
+        worst_accuracy: that row's accuracy on the n images.
+        attacks: how many rows were combined.
+    """
+
+    dataset: str
+    classifier: str
+    purifier: str
+    norm: str
+    eps: float
+    n: int
+    clean: float
+    graybox_robust: float
+    adaptive_robust: float
+    worst_attack: str
+    worst_accuracy: float
+    attacks: int
+
+
+def summarize(rows: list[ResultRow]) -> list[SummaryRow]:
+    """The adaptive-protocol summary of finished rows, one entry per (classifier, purifier,
+    norm, eps) that has attack rows."""
+    clean: dict[tuple[str, str], ResultRow] = {}
+    groups: dict[tuple, list[ResultRow]] = defaultdict(list)
+    for r in rows:
+        if r.attack == CLEAN:
+            clean[(r.classifier, r.purifier)] = r
+        else:
+            groups[(r.dataset, r.classifier, r.purifier, r.norm, eps_key(r.eps))].append(r)
+    out = []
+    for (dataset, clf, pur, norm, eps), group in groups.items():
+        if all(r.attack.startswith(SANITY_PREFIX) for r in group):
+            continue  # a sanity-only budget (the huge one): a check, not a robustness claim
+        n = min(r.n for r in group)
+        clean_row = clean.get((clf, pur))
+        if clean_row is not None:
+            n = min(n, clean_row.n)
+        survive_all = np.ones(n, dtype=bool)
+        survive_gray = np.ones(n, dtype=bool)
+        has_gray = False
+        worst = min(group, key=lambda r: r.correct[:n].mean())
+        for r in group:
+            survive_all &= r.correct[:n]
+            if r.threat_model == "gray-box":
+                survive_gray &= r.correct[:n]
+                has_gray = True
+        out.append(SummaryRow(
+            dataset=dataset, classifier=clf, purifier=pur, norm=norm, eps=eps, n=n,
+            clean=float(clean_row.correct[:n].mean()) if clean_row is not None else float("nan"),
+            graybox_robust=float(survive_gray.mean()) if has_gray else float("nan"),
+            adaptive_robust=float(survive_all.mean()),
+            worst_attack=f"{worst.threat_model} / {worst.attack}",
+            worst_accuracy=float(worst.correct[:n].mean()), attacks=len(group)))
+    return out
+
+
+def write_summary_csv(summary: list[SummaryRow], path: Path) -> Path:
+    """``summary.csv`` with the columns of :data:`SUMMARY_COLUMNS`."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
+        writer.writeheader()
+        for s in summary:
+            rec = asdict(s)
+            for k in ("clean", "graybox_robust", "adaptive_robust", "worst_accuracy"):
+                rec[k] = "" if np.isnan(rec[k]) else round(rec[k], 6)
+            writer.writerow(rec)
+    return path
