@@ -56,6 +56,20 @@ def model_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir is not None else cache_root() / "models"
 
 
+def _from_cache(target: Path, key: str,
+                load: Callable[[Path], tuple[nn.Module, dict[str, Any]]]) -> Trained | None:
+    """The cached model at ``target``, or None when absent or unusable (then it is retrained)."""
+    if not target.exists():
+        return None
+    try:
+        module, config = load(target)
+    except CheckpointError as exc:
+        log.warning("retraining: cached %s is unusable (%s)", target, exc)
+        return None
+    log.info("reusing cached model %s", target)
+    return Trained(module, key, "cache", target, config)
+
+
 def _train_and_save(target: Path, build: Callable[[], nn.Module],
                     fit: Callable[[nn.Module], dict[str, Any]], *, kind: str, name: str,
                     metadata: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
@@ -113,13 +127,9 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
     key = stable_hash({"v": CACHE_VERSION, "kind": "classifier", "arch": arch, "params": params,
                        "dataset": dataset, "train": settings.model_dump()})
     target = model_cache_dir(cache_dir) / f"classifier-{arch}-{dataset}-{key}"
-    if target.exists():
-        try:
-            module, config = load_classifier(target, arch, map_location=device)
-            log.info("reusing cached classifier %s", target)
-            return Trained(module, key, "cache", target, config)
-        except CheckpointError as exc:
-            log.warning("retraining: cached %s is unusable (%s)", target, exc)
+    cached = _from_cache(target, key, lambda p: load_classifier(p, arch, map_location=device))
+    if cached is not None:
+        return cached
     log.info("training classifier %s on %s (cache %s)", arch, dataset, target)
 
     def fit(model: nn.Module) -> dict[str, Any]:
@@ -180,13 +190,9 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
                        "dataset": dataset, "train": settings.model_dump(),
                        "classifier": classifier_key})
     target = model_cache_dir(cache_dir) / f"purifier-{name}-{dataset}-{key}"
-    if target.exists():
-        try:
-            module, config = load_purifier(target, name, map_location=device)
-            log.info("reusing cached purifier %s", target)
-            return Trained(module, key, "cache", target, config)
-        except CheckpointError as exc:
-            log.warning("retraining: cached %s is unusable (%s)", target, exc)
+    cached = _from_cache(target, key, lambda p: load_purifier(p, name, map_location=device))
+    if cached is not None:
+        return cached
     log.info("training purifier %s on %s (cache %s)", name, dataset, target)
 
     def build() -> Purifier:
