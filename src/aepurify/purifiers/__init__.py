@@ -16,11 +16,12 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..registry import Registry
 from .base import DefendedClassifier, Identity, Purifier
+from .feature_dae import HGD, FeatureDAE
 from .magnet import MagNet
 from .transforms import JPEG, BitDepth, Median
 
 __all__ = ["PURIFIERS", "Purifier", "DefendedClassifier", "create_purifier", "load_purifier",
-           "Identity", "MagNet", "JPEG", "BitDepth", "Median"]
+           "Identity", "MagNet", "JPEG", "BitDepth", "Median", "FeatureDAE", "HGD"]
 
 PURIFIERS: Registry[Purifier] = Registry("purifier")
 PURIFIERS.register("none")(Identity)
@@ -28,6 +29,8 @@ PURIFIERS.register("magnet")(MagNet)
 PURIFIERS.register("jpeg")(JPEG)
 PURIFIERS.register("bit-depth")(BitDepth)
 PURIFIERS.register("median")(Median)
+PURIFIERS.register("feature-dae")(FeatureDAE)
+PURIFIERS.register("hgd")(HGD)
 
 
 def purifier_class(name: str) -> type[Purifier]:
