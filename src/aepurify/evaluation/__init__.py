@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import end_to_end  # noqa: F401  (registers the end-to-end analysis)
 from .analyses import ANALYSES, AnalysisResult, run_analyses
 from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry, load_config
 from .examples import example_figures
