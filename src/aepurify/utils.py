@@ -7,6 +7,7 @@ import json
 import os
 import random
 from collections.abc import Iterable, Iterator
+from fractions import Fraction
 from typing import Any, TypeVar
 
 import numpy as np
@@ -67,3 +68,19 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
     """Slices that cover range(n) in chunks of ``batch_size``."""
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+def parse_eps(value: Any) -> float:
+    """An epsilon as a float on the [0, 1] pixel scale, from a number or a fraction such as
+    ``"8/255"``.
+
+    Raises:
+        ValueError: a string that is not a number or a fraction (pydantic validators turn it
+            into a one-line config error).
+    """
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"cannot read epsilon {value!r}") from None
+    return float(value)

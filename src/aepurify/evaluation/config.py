@@ -20,7 +20,6 @@ Epsilons may be written as fractions (``8/255``); they are on the [0, 1] pixel s
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,15 +32,7 @@ from ..errors import ConfigError
 from ..models import CLASSIFIERS
 from ..purifiers import PURIFIERS
 from ..training.settings import TrainSettings
-
-
-def _parse_eps(value: Any) -> float:
-    if isinstance(value, str):
-        try:
-            return float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"cannot read epsilon {value!r}") from None
-    return float(value)
+from ..utils import parse_eps
 
 
 class _Strict(BaseModel):
@@ -129,7 +120,7 @@ class AttackEntry(_Strict):
     @classmethod
     def _eps(cls, value: Any) -> list[float]:
         values = value if isinstance(value, list) else [value]
-        out = [_parse_eps(v) for v in values]
+        out = [parse_eps(v) for v in values]
         if any(v < 0 for v in out):
             raise ValueError("epsilons must be >= 0")
         return out
@@ -181,7 +172,7 @@ class SanitySettings(_Strict):
     @field_validator("eps", "large_eps", mode="before")
     @classmethod
     def _fraction(cls, value: Any) -> Any:
-        return None if value is None else _parse_eps(value)
+        return None if value is None else parse_eps(value)
 
 
 SANITY_PREFIX = "sanity-"

@@ -20,13 +20,13 @@ restricted attack entry) are compared with the gray-box result on the same first
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..utils import parse_eps
 from .analyses import ANALYSES, AnalysisResult
 from .report import fmt_eps
 from .store import eps_key
@@ -81,9 +81,9 @@ def end_to_end(exp: Experiment, rows: list[ResultRow], out_dir: Path, attack: st
         ConfigError: an epsilon that is not a number or a fraction.
     """
     try:
-        eps = float(Fraction(eps.replace(" ", ""))) if isinstance(eps, str) else float(eps)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"end-to-end: cannot read epsilon {eps!r}") from None
+        eps = parse_eps(eps)
+    except ValueError as exc:
+        raise ConfigError(f"end-to-end: {exc}") from None
     def matches(r: ResultRow) -> bool:
         return r.attack == attack and r.norm == norm and eps_key(r.eps) == eps_key(eps)
 

@@ -26,8 +26,8 @@ Architectures (``arch``):
 - ``sivamani``: the author's MNIST autoencoder, 28x28 only: conv 1->16 (3x3, stride 3, pad 1),
   ReLU, max-pool 2, conv 16->8 (3x3, stride 2, pad 1), ReLU, max-pool 2 (stride 1), latent
   8x2x2 (32 numbers); transposed convs 8->16 (3, s2), 16->8 (5, s3, p1), 8->C (2, s2, p1), tanh.
-  Its 32-number bottleneck caps what it can reconstruct: trained on clean MNIST it leaves LeNet
-  at about 0.90 accuracy (docs/purifiers/feature-dae.md has the measurements).
+  Its 32-number bottleneck caps what it can reconstruct: in the MNIST paper config it leaves
+  LeNet at 0.876 clean accuracy, against 0.989 for ``conv`` (docs/purifiers/feature-dae.md).
 - ``conv`` (default): ours, for 28 px and 32 px images, grey or colour: two stride-2 conv stages
   down to (2w, H/4, W/4) with BatchNorm, mirrored by kernel-2 transposed convs, tanh. The paper
   does not describe its CIFAR-10 network.
@@ -74,10 +74,10 @@ def _sivamani_autoencoder(channels: int) -> tuple[nn.Sequential, nn.Sequential]:
 def _conv_autoencoder(channels: int, width: int) -> tuple[nn.Sequential, nn.Sequential]:
     """Convolutional autoencoder: (C, H, W) -> (2w, H/4, W/4) -> (C, H, W), ending in tanh.
 
-    BatchNorm after every hidden convolution: without it Adam drives MNIST reconstructions to
-    the all-black image within a few dozen steps (tanh saturates and its gradient vanishes),
-    with it one epoch on 10,000 images gives usable reconstructions. Kernel-2 transposed
-    convolutions keep it about as cheap as LeNet at w = 16 on 28 px images.
+    BatchNorm after every hidden convolution: without it Adam drove MNIST reconstructions to
+    the all-black image early in training (tanh saturates and its gradient vanishes).
+    Kernel-2 transposed convolutions keep it cheap (about as many multiply-adds as LeNet at
+    w = 16 on 28 px).
     """
     w = width
 

@@ -193,11 +193,17 @@ def frozen(*nets: nn.Module | None) -> Iterator[None]:
                 p.requires_grad_(flag)
 
 
-def _auxiliary(spec: NetworkSpec, role: str, train: ImageDataset,
-               device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
-    """A separate network trained on ``train``'s data set (cached by its config)."""
+def _network(spec: str | NetworkSpec, role: str, train: ImageDataset,
+             classifier: nn.Module | None, device: torch.device | str
+             ) -> tuple[nn.Module, dict[str, Any]]:
+    """The defended classifier (``spec == "defended"``), or a separate network trained on
+    ``train``'s data set (once; cached by its config), and a record of which one it is."""
+    if spec == DEFENDED:
+        assert classifier is not None
+        return classifier, {"role": role, "arch": DEFENDED}
     from .cache import get_classifier
 
+    assert isinstance(spec, NetworkSpec)
     trained = get_classifier(spec.arch, train.name, params=spec.params, settings=spec.train,
                              train_data=lambda: train, device=device)
     return trained.module, {"role": role, "arch": spec.arch, "key": trained.key,
@@ -232,22 +238,14 @@ def fit_feature_loss_dae(purifier: Any, train: ImageDataset, settings: TrainSett
                               "the defended classifier); use purifier 'hgd' to train with it")
         if classifier is None:
             raise ConfigError(f"{name} trains against the defended classifier; none was given")
-    networks: list[dict[str, Any]] = []
-    if opts.feature_extractor == DEFENDED:
-        extractor = classifier
-        networks.append({"role": "feature extractor", "arch": DEFENDED})
-    else:
-        extractor, info = _auxiliary(opts.feature_extractor, "feature extractor", train, device)
+    extractor, info = _network(opts.feature_extractor, "feature extractor", train, classifier,
+                               device)
+    networks = [info]
+    pair_net = extractor
+    if opts.pair_classifier != "extractor":
+        pair_net, info = _network(opts.pair_classifier, "pair classifier", train, classifier,
+                                  device)
         networks.append(info)
-    if opts.pair_classifier == "extractor":
-        pair_net = extractor
-    elif opts.pair_classifier == DEFENDED:
-        pair_net = classifier
-        networks.append({"role": "pair classifier", "arch": DEFENDED})
-    else:
-        pair_net, info = _auxiliary(opts.pair_classifier, "pair classifier", train, device)
-        networks.append(info)
-    assert extractor is not None and pair_net is not None
     extractor.to(device)
     pair_net.to(device)
     layers = opts.feature_layers or default_layers(extractor)

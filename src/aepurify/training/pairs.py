@@ -16,7 +16,6 @@ Noise is always drawn fresh.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, Literal
 
 import torch
@@ -25,18 +24,9 @@ from torch import nn
 
 from ..attacks import build_attack
 from ..data import ImageDataset
-from ..utils import batches, progress
+from ..utils import batches, parse_eps, progress
 
 ADVERSARIAL = ("fgsm", "pgd")
-
-
-def _eps_value(value: Any) -> float:
-    if isinstance(value, str):
-        try:
-            return float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"cannot read epsilon {value!r}") from None
-    return float(value)
 
 
 class PairSource(BaseModel):
@@ -65,7 +55,7 @@ class PairSource(BaseModel):
     @field_validator("eps", mode="before")
     @classmethod
     def _eps(cls, value: Any) -> list[float]:
-        values = [_eps_value(v) for v in (value if isinstance(value, list) else [value])]
+        values = [parse_eps(v) for v in (value if isinstance(value, list) else [value])]
         if not values or any(v < 0 for v in values):
             raise ValueError("eps must be one or more numbers >= 0")
         return values
