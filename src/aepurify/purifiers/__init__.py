@@ -17,10 +17,11 @@ from ..checkpoint import load_checkpoint
 from ..registry import Registry
 from .base import DefendedClassifier, Identity, Purifier
 from .magnet import MagNet
+from .s2snet import S2SNet
 from .transforms import JPEG, BitDepth, Median
 
 __all__ = ["PURIFIERS", "Purifier", "DefendedClassifier", "create_purifier", "load_purifier",
-           "Identity", "MagNet", "JPEG", "BitDepth", "Median"]
+           "Identity", "MagNet", "S2SNet", "JPEG", "BitDepth", "Median"]
 
 PURIFIERS: Registry[Purifier] = Registry("purifier")
 PURIFIERS.register("none")(Identity)
@@ -28,6 +29,7 @@ PURIFIERS.register("magnet")(MagNet)
 PURIFIERS.register("jpeg")(JPEG)
 PURIFIERS.register("bit-depth")(BitDepth)
 PURIFIERS.register("median")(Median)
+PURIFIERS.register("s2snet")(S2SNet)
 
 
 def purifier_class(name: str) -> type[Purifier]:
