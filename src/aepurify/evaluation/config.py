@@ -82,6 +82,9 @@ class PurifierEntry(_Strict):
         train: training settings for trainable purifiers.
         threat_models: overrides the config's list for this purifier.
         eot_samples: EOT draws for this purifier (default: config, then the purifier's own).
+        skip_attacks: threat model -> attack labels not run for this purifier under that
+            threat model (e.g. ``{white-box: [pgd]}`` where a cheaper labelled attack entry
+            restricted to this purifier stands in for an expensive one); listed in the report.
     """
 
     name: str
@@ -91,6 +94,7 @@ class PurifierEntry(_Strict):
     train: TrainSettings = Field(default_factory=TrainSettings)
     threat_models: list[str] | None = None
     eot_samples: int | None = Field(None, ge=1)
+    skip_attacks: dict[str, list[str]] = Field(default_factory=dict)
 
     @property
     def row_label(self) -> str:
@@ -216,6 +220,13 @@ class ExperimentConfig(_Strict):
             if unknown:
                 raise ValueError(f"attacks[{i}].purifiers names unknown purifier label(s): "
                                  f"{', '.join(unknown)}")
+        attack_labels = {a.row_label for a in self.attacks}
+        for i, p in enumerate(self.purifiers):
+            unknown = sorted({lab for labs in p.skip_attacks.values() for lab in labs}
+                             - attack_labels)
+            if unknown:
+                raise ValueError(f"purifiers[{i}].skip_attacks names unknown attack label(s): "
+                                 f"{', '.join(unknown)}")
         return self
 
     def check_names(self) -> None:
@@ -232,7 +243,7 @@ class ExperimentConfig(_Strict):
         for i, p in enumerate(self.purifiers):
             try:
                 PURIFIERS.get(p.name)
-                for tm in p.threat_models or []:
+                for tm in [*(p.threat_models or []), *p.skip_attacks]:
                     parse_threat_model(tm)
             except ConfigError as exc:
                 raise ConfigError(f"purifiers[{i}]: {exc}") from None

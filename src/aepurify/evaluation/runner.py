@@ -215,6 +215,13 @@ def plan(exp: Experiment) -> tuple[list[Cell], list[dict[str, str]]]:
             for tm_text in threat_models_for(label):
                 if attack.threat_models and tm_text not in attack.threat_models:
                     continue
+                if entry and attack.row_label in entry.skip_attacks.get(tm_text, []):
+                    reason = {"purifier": label, "threat_model": tm_text,
+                              "reason": f"attack {attack.row_label} left out by the config "
+                                        "(skip_attacks)"}
+                    if reason not in skipped:
+                        skipped.append(reason)
+                    continue
                 samples = entry.eot_samples if entry and entry.eot_samples else config.eot_samples
                 try:
                     tm = resolve_threat_model(tm_text, purifier, samples)
