@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import s2snet_analyses  # noqa: F401  (registers s2snet-signal-transfer, s2snet-gradients)
 from .analyses import ANALYSES, AnalysisResult, run_analyses
 from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry, load_config
 from .report import console_table, plot_threat_models, write_csv, write_markdown
