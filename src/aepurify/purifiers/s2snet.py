@@ -21,6 +21,8 @@ pass gradients to the argmax positions), so the paper's white-box setting applie
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -250,12 +252,34 @@ class S2SNet(Purifier):
             raise ConfigError("s2snet stage 2 trains the decoder against the defended "
                               "classifier; give one (--classifier DIR on the command line)")
         stage1, stage2, target = split_settings(settings)
-        m1 = self.fit_stage1(train, stage1, device)
+        m1 = self._stage1_reused_or_trained(train, stage1, device)
         m2 = self.fit_stage2(train, stage2, classifier, target, device)
         return {"final_loss": m2["final_loss"], "target": target,
                 "stage1_mse": m1["mse"], "stage2_mse": m2["mse"],
                 "seconds": round(m1["seconds"] + m2["seconds"], 2),
                 "steps": m1["steps"] + m2["steps"], "stage1": m1, "stage2": m2}
+
+    def _stage1_reused_or_trained(self, train: ImageDataset, settings: TrainSettings,
+                                  device: torch.device | str) -> dict[str, Any]:
+        """Stage 1, or its result from earlier in this process.
+
+        Stage 1 never sees the classifier, so with several classifiers in one run (one S2SNet
+        per classifier) the paper's setup is one stage-1 autoencoder shared by all of them. The
+        result is a function of the initial weights, the stage-1 settings and the training
+        images, so it is kept in memory under a hash of exactly those and copied, not retrained.
+        """
+        key = _stage1_key(self, train, settings)
+        if key in _STAGE1_DONE:
+            state, metrics = _STAGE1_DONE[key]
+            self.load_state_dict(state)
+            self.to(device).eval()
+            return {**metrics, "seconds": 0.0, "reused": True}
+        metrics = self.fit_stage1(train, settings, device)
+        _STAGE1_DONE[key] = ({k: v.detach().cpu().clone() for k, v in
+                              self.state_dict().items()}, metrics)
+        while len(_STAGE1_DONE) > _STAGE1_KEEP:
+            _STAGE1_DONE.pop(next(iter(_STAGE1_DONE)))
+        return metrics
 
     def fit_stage1(self, train: ImageDataset, settings: TrainSettings,
                    device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -345,6 +369,23 @@ class S2SNet(Purifier):
         mse = float(self.reconstruction_error(x).mean())
         self.train(was_training)
         return mse
+
+
+# Stage-1 results of this process: key -> (state dict on CPU, metrics); the latest few only.
+_STAGE1_DONE: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+_STAGE1_KEEP = 4
+
+
+def _stage1_key(net: S2SNet, train: ImageDataset, settings: TrainSettings) -> str:
+    """Hash of what determines stage 1: architecture, initial weights, settings, images."""
+    h = hashlib.sha256()
+    h.update(json.dumps([net.hparams, settings.model_dump(), train.name, train.split],
+                        sort_keys=True, default=str).encode())
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(train.take(settings.max_images).images.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def split_settings(settings: TrainSettings) -> tuple[TrainSettings, TrainSettings, str]:
