@@ -14,6 +14,7 @@ Both need an S2SNet entry in the config (``purifier``: its label, default ``s2sn
 from __future__ import annotations
 
 import csv
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from ..errors import ConfigError
 from ..purifiers import DefendedClassifier, Purifier
 from ..utils import batches, derive_seed, progress, seed_everything
 from .analyses import ANALYSES, AnalysisResult
+from .report import fmt_eps
 
 if TYPE_CHECKING:
     from .runner import Experiment
@@ -76,10 +78,11 @@ def signal_transfer(exp: Experiment, rows: list[ResultRow], out_dir: Path,
     targets = list(exp.classifiers)
     settings: list[tuple[str, dict[str, torch.Tensor]]] = [("clean", {b: x_all for b in targets})]
     if attack:
-        try:
-            name, eps = attack["name"], float(attack["eps"])
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError("s2snet-signal-transfer attack needs name and eps") from None
+        try:  # eps as a number or a fraction such as 8/255, like the config's epsilons
+            name, eps = attack["name"], float(Fraction(str(attack["eps"]).replace(" ", "")))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            raise ConfigError("s2snet-signal-transfer attack needs a name and an eps (a number "
+                              f"or a fraction such as 8/255); got {attack!r}") from None
         norm, params = attack.get("norm", "linf"), attack.get("params", {})
         crafted = {}
         for b in targets:  # gray-box on the bare B: the S2SNet in front is unknown to it
@@ -88,7 +91,7 @@ def signal_transfer(exp: Experiment, rows: list[ResultRow], out_dir: Path,
             crafted[b] = torch.cat([atk(x_all[sl], y_all[sl]).detach() for sl in progress(
                 list(batches(len(x_all), bs)), desc=f"signal transfer: {name} on {b}",
                 unit="batch")])
-        settings.append((f"{name} {norm} eps={eps:g}, gray-box on B", crafted))
+        settings.append((f"{name} {norm} eps={fmt_eps(eps)}, gray-box on B", crafted))
     matrix: dict[str, dict[str, dict[str, float]]] = {}
     for setting, inputs in settings:
         table = matrix.setdefault(setting, {})
