@@ -206,7 +206,8 @@ def gradients(exp: Experiment, rows: list[ResultRow], out_dir: Path, purifier: s
             z = v / (v.std() or 1.0)
             ax.hist(np.clip(z, -8, 8), bins=np.linspace(-8, 8, bins), density=True,
                     histtype="step", lw=1.5, log=True, label=k)
-        ax.set(title=f"{clf_label}: gradient / its std", xlabel="standardised gradient",
+        ax.set(title=f"{clf_label}: gradient / its std (clipped to +-8)",
+               xlabel="standardised gradient",
                ylabel="density (log)")
         ax.legend(fontsize=8)
     fig.tight_layout()
