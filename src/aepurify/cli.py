@@ -4,6 +4,7 @@
     aepurify evaluate CONFIG.yaml --out DIR [--n-test N]
     aepurify train classifier --dataset mnist --arch lenet --epochs 2 --out DIR
     aepurify train purifier magnet --dataset mnist --out DIR
+    aepurify train purifier s2snet --dataset mnist --classifier DIR --extra target=label --out DIR
     aepurify purify --purifier DIR_OR_NAME IMAGE... --out DIR
     aepurify list
 
@@ -49,11 +50,11 @@ def _settings(**kwargs: Any):
                           f"{err['msg']}") from None
 
 
-def _params(items: list[str] | None) -> dict[str, Any]:
+def _params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"--param takes key=value; got {item!r}")
+            raise ConfigError(f"{option} takes key=value; got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out
@@ -101,6 +102,9 @@ def train_purifier(
         help="Classifier checkpoint, for purifiers trained against it.")] = None,
     param: Annotated[Optional[list[str]], typer.Option(
         help="Purifier parameter key=value (repeatable).")] = None,
+    extra: Annotated[Optional[list[str]], typer.Option(
+        help="Purifier-specific training option key=value (repeatable; train.extra in a "
+             "config), e.g. s2snet's stage2_epochs=1 or target=prediction.")] = None,
     seed: int = 0, data_dir: DataDir = None, device: Device = "auto",
 ) -> None:
     """Train a purifier and save it as model.safetensors + config.json."""
@@ -111,7 +115,7 @@ def train_purifier(
     from .utils import pick_device, seed_everything
 
     settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
-                         seed=seed)
+                         seed=seed, extra=_params(extra, "--extra"))
     dev = pick_device(device)
     cls = purifier_class(name)
     if not cls.trainable:

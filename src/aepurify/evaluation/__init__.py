@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import end_to_end  # noqa: F401  (registers the end-to-end analysis)
+from . import s2snet_analyses  # noqa: F401  (registers s2snet-signal-transfer, s2snet-gradients)
 from .analyses import ANALYSES, AnalysisResult, run_analyses
 from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry, load_config
 from .examples import example_figures

@@ -18,10 +18,11 @@ from ..registry import Registry
 from .base import DefendedClassifier, Identity, Purifier
 from .feature_dae import HGD, FeatureDAE
 from .magnet import MagNet
+from .s2snet import S2SNet
 from .transforms import JPEG, BitDepth, Median
 
 __all__ = ["PURIFIERS", "Purifier", "DefendedClassifier", "create_purifier", "load_purifier",
-           "Identity", "MagNet", "JPEG", "BitDepth", "Median", "FeatureDAE", "HGD"]
+           "Identity", "MagNet", "S2SNet", "JPEG", "BitDepth", "Median", "FeatureDAE", "HGD"]
 
 PURIFIERS: Registry[Purifier] = Registry("purifier")
 PURIFIERS.register("none")(Identity)
@@ -29,6 +30,7 @@ PURIFIERS.register("magnet")(MagNet)
 PURIFIERS.register("jpeg")(JPEG)
 PURIFIERS.register("bit-depth")(BitDepth)
 PURIFIERS.register("median")(Median)
+PURIFIERS.register("s2snet")(S2SNet)
 PURIFIERS.register("feature-dae")(FeatureDAE)
 PURIFIERS.register("hgd")(HGD)
 
