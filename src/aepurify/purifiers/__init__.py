@@ -15,12 +15,13 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..registry import Registry
+from .apudae import APuDAE
 from .base import DefendedClassifier, Identity, Purifier
 from .magnet import MagNet
 from .transforms import JPEG, BitDepth, Median
 
 __all__ = ["PURIFIERS", "Purifier", "DefendedClassifier", "create_purifier", "load_purifier",
-           "Identity", "MagNet", "JPEG", "BitDepth", "Median"]
+           "Identity", "MagNet", "JPEG", "BitDepth", "Median", "APuDAE"]
 
 PURIFIERS: Registry[Purifier] = Registry("purifier")
 PURIFIERS.register("none")(Identity)
@@ -28,6 +29,7 @@ PURIFIERS.register("magnet")(MagNet)
 PURIFIERS.register("jpeg")(JPEG)
 PURIFIERS.register("bit-depth")(BitDepth)
 PURIFIERS.register("median")(Median)
+PURIFIERS.register("apudae")(APuDAE)
 
 
 def purifier_class(name: str) -> type[Purifier]:
