@@ -7,8 +7,10 @@ measured side by side in one run (so the ratios hold on any machine, loaded or n
 Defaults: the demo's setting (MNIST 28x28, LeNet, REDNet-8 with 16 channels). ``--dataset
 cifar10`` uses 3x32x32 images, ResNet-18 and, unless given, the paper's REDNet-30 (15 layers,
 64 channels). Weights are untrained: the cost does not depend on them, because every mode runs
-its fixed number of steps on every image. Images per second are the best of ``--repeats`` runs
-(wall clock); CPU seconds (user + system of this process) are printed beside them.
+its fixed number of steps on every image. Printed per line: images per second of wall clock
+and per CPU second (user + system of this process), each the best of ``--repeats`` runs, and
+what one purification costs in classifier forward passes, by wall clock and by CPU time. On a
+loaded machine the CPU-time figures are the steadier ones (with ``--threads 1``).
 """
 
 from __future__ import annotations
@@ -25,19 +27,19 @@ from aepurify.purifiers.apudae import MODES
 
 
 def timed(fn, x: torch.Tensor, batch: int, repeats: int) -> tuple[float, float]:
-    """Best wall seconds and the CPU seconds of that run, for fn over x in batches."""
+    """Best wall seconds and best CPU seconds over ``repeats`` runs of fn over x in batches."""
+    best_wall, best_cpu = float("inf"), float("inf")
     with torch.no_grad():
         fn(x[:min(batch, 8)])  # warm-up (allocations, kernel selection)
-        best = (float("inf"), 0.0)
         for _ in range(repeats):
             cpu, wall = os.times(), time.perf_counter()
             for start in range(0, x.shape[0], batch):
                 fn(x[start:start + batch])
             wall = time.perf_counter() - wall
             t = os.times()
-            cpu_s = (t.user - cpu.user) + (t.system - cpu.system)
-            best = min(best, (wall, cpu_s))
-    return best
+            best_wall = min(best_wall, wall)
+            best_cpu = min(best_cpu, (t.user - cpu.user) + (t.system - cpu.system))
+    return best_wall, best_cpu
 
 
 def main() -> None:
@@ -61,19 +63,20 @@ def main() -> None:
     x = torch.rand(args.images, *shape)
     classifier = create_classifier(arch, dataset=args.dataset).eval()
     clf_wall, clf_cpu = timed(classifier, x, args.batch, args.repeats)
-    clf_rate = args.images / clf_wall
     print(f"{args.dataset} {shape[1]}x{shape[2]}, {args.images} images, batch {args.batch}, "
           f"{args.threads} threads, REDNet-{2 * layers} with {features} channels, "
           f"torch {torch.__version__}")
-    print(f"{'what':<22} {'images/s':>10} {'CPU s':>8} {'classifier forwards':>20}")
-    print(f"{arch + ' forward':<22} {clf_rate:>10.0f} {clf_cpu:>8.2f} {1.0:>20.1f}")
+    print(f"{'what':<22} {'images/s':>9} {'images/CPU s':>13} "
+          f"{'classifier forwards (wall, CPU)':>32}")
+    rows = [(f"{arch} forward", clf_wall, clf_cpu)]
     for mode in MODES:
         purifier = create_purifier("apudae", in_channels=shape[0], mode=mode, layers=layers,
                                    features=features).eval()
-        wall, cpu = timed(purifier, x, args.batch, args.repeats)
-        rate = args.images / wall
-        # how many classifier forward passes one purification costs, in time
-        print(f"{'apudae ' + mode:<22} {rate:>10.0f} {cpu:>8.2f} {clf_rate / rate:>20.1f}")
+        rows.append((f"apudae {mode}", *timed(purifier, x, args.batch, args.repeats)))
+    for what, wall, cpu in rows:
+        # what one purification costs, in forward passes of the classifier
+        ratio = f"{wall / clf_wall:.1f}, {cpu / clf_cpu:.1f}"
+        print(f"{what:<22} {args.images / wall:>9.0f} {args.images / cpu:>13.0f} {ratio:>32}")
 
 
 if __name__ == "__main__":
