@@ -15,6 +15,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..registry import Registry
+from .apudae import APuDAE
 from .base import DefendedClassifier, Identity, Purifier
 from .feature_dae import HGD, FeatureDAE
 from .magnet import MagNet
@@ -22,7 +23,8 @@ from .s2snet import S2SNet
 from .transforms import JPEG, BitDepth, Median
 
 __all__ = ["PURIFIERS", "Purifier", "DefendedClassifier", "create_purifier", "load_purifier",
-           "Identity", "MagNet", "S2SNet", "JPEG", "BitDepth", "Median", "FeatureDAE", "HGD"]
+           "Identity", "MagNet", "S2SNet", "JPEG", "BitDepth", "Median", "FeatureDAE", "HGD",
+           "APuDAE"]
 
 PURIFIERS: Registry[Purifier] = Registry("purifier")
 PURIFIERS.register("none")(Identity)
@@ -33,6 +35,7 @@ PURIFIERS.register("median")(Median)
 PURIFIERS.register("s2snet")(S2SNet)
 PURIFIERS.register("feature-dae")(FeatureDAE)
 PURIFIERS.register("hgd")(HGD)
+PURIFIERS.register("apudae")(APuDAE)
 
 
 def purifier_class(name: str) -> type[Purifier]:
