@@ -17,10 +17,11 @@ from ..checkpoint import load_checkpoint
 from ..registry import Registry
 from .base import DefendedClassifier, Identity, Purifier
 from .magnet import MagNet
+from .patch_vae import VAE, PatchVAE
 from .transforms import JPEG, BitDepth, Median
 
 __all__ = ["PURIFIERS", "Purifier", "DefendedClassifier", "create_purifier", "load_purifier",
-           "Identity", "MagNet", "JPEG", "BitDepth", "Median"]
+           "Identity", "MagNet", "JPEG", "BitDepth", "Median", "VAE", "PatchVAE"]
 
 PURIFIERS: Registry[Purifier] = Registry("purifier")
 PURIFIERS.register("none")(Identity)
@@ -28,6 +29,8 @@ PURIFIERS.register("magnet")(MagNet)
 PURIFIERS.register("jpeg")(JPEG)
 PURIFIERS.register("bit-depth")(BitDepth)
 PURIFIERS.register("median")(Median)
+PURIFIERS.register("vae")(VAE)
+PURIFIERS.register("patch-vae")(PatchVAE)
 
 
 def purifier_class(name: str) -> type[Purifier]:
