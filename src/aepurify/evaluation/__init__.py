@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import perturbation_plot  # noqa: F401  (registers the accuracy-vs-perturbation analysis)
 from .analyses import ANALYSES, AnalysisResult, run_analyses
 from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry, load_config
 from .examples import example_figures
