@@ -197,9 +197,9 @@ def test_claim_check_and_worst_case_view():
              _row("jpeg-q10", "gray-box", "fgsm", 0.2, 0.81, 0.2),
              _row("jpeg-q50", "gray-box", "fgsm", 0.2, 0.3, 0.2)]
     gray = collect(rows, "gray-box")
-    assert gray[("vae", "fgsm")][0.2] == (0.2, 0.8, "gray-box")
+    assert gray[("vae", "fgsm")][0.2] == (0.2, 0.8, "gray-box", 10)
     worst = collect(rows, "worst-case")
-    assert worst[("vae", "fgsm")][0.2] == (0.22, 0.2, "white-box+eot")
+    assert worst[("vae", "fgsm")][0.2] == (0.22, 0.2, "white-box+eot", 10)
     assert worst[("none", "fgsm")][0.1][1] == 0.5
     [check] = claim_check(gray, "fgsm", ["vae"], ["jpeg-q10", "jpeg-q50"], 0.1, 0.02)
     assert check["total"] == 2 and check["held"] == 2 and check["holds"]

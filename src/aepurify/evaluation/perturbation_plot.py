@@ -44,14 +44,14 @@ if TYPE_CHECKING:
 NAME = "accuracy-vs-perturbation"
 WORST = "worst-case"
 
-# (purifier, attack) -> eps -> (mean normalised L2, accuracy, threat model of the row)
-Series = dict[tuple[str, str], dict[float, tuple[float, float, str]]]
+# (purifier, attack) -> eps -> (mean normalised L2, accuracy, threat model of the row, n)
+Series = dict[tuple[str, str], dict[float, tuple[float, float, str, int]]]
 
 
 def collect(rows: list[ResultRow], view: str, purifiers: list[str] | None = None,
             attacks: list[str] | None = None) -> Series:
     """The points of one view: for each (purifier, attack), eps -> (mean normalised L2,
-    accuracy, threat model). ``worst-case`` keeps, per eps, the row of lowest accuracy over every
+    accuracy, threat model, images). ``worst-case`` keeps, per eps, the row of lowest accuracy over every
     threat model; otherwise only rows of threat model ``view`` count. The undefended classifier
     (purifier ``none``) contributes its gray-box rows to every view."""
     out: Series = defaultdict(dict)
@@ -67,7 +67,7 @@ def collect(rows: list[ResultRow], view: str, purifiers: list[str] | None = None
                 continue
         elif view != WORST and r.threat_model != view:
             continue
-        point = (float(r.details["mean_rel_l2"]), r.accuracy, r.threat_model)
+        point = (float(r.details["mean_rel_l2"]), r.accuracy, r.threat_model, r.n)
         current = out[(r.purifier, r.attack)].get(r.eps)
         if current is None or point[1] < current[1]:
             out[(r.purifier, r.attack)][r.eps] = point
@@ -117,7 +117,7 @@ def _plot(series: Series, clean: dict[str, float], attacks: list[str], title: st
             points = series.get((pur, attack))
             if not points:
                 continue
-            xy = sorted((x, acc) for x, acc, _ in points.values())
+            xy = sorted((x, acc) for x, acc, _, _ in points.values())
             if pur in clean:
                 xy = [(0.0, clean[pur])] + xy
             ax.plot([x for x, _ in xy], [a for _, a in xy], marker="o", ms=2.5,
@@ -210,9 +210,9 @@ def accuracy_vs_perturbation(exp: Experiment, rows: list[ResultRow], out_dir: Pa
             files.append(name)
             lines += ["", f"![accuracy versus normalised L2, {view}]({name})"]
             for (pur, attack), points in series.items():
-                for eps, (rel, acc, tm) in sorted(points.items()):
+                for eps, (rel, acc, tm, n) in sorted(points.items()):
                     records.append({"classifier": clf, "view": view, "purifier": pur,
-                                    "attack": attack, "eps": eps, "threat_model": tm,
+                                    "attack": attack, "eps": eps, "threat_model": tm, "n": n,
                                     "mean_rel_l2": rel, "accuracy": acc})
             for attack in panels:
                 sweep = sorted({e for (p, a), pts in series.items() if a == attack for e in pts})
