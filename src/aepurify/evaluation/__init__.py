@@ -12,6 +12,7 @@ from typing import Any
 
 from . import end_to_end  # noqa: F401  (registers the end-to-end analysis)
 from . import s2snet_analyses  # noqa: F401  (registers s2snet-signal-transfer, s2snet-gradients)
+from . import perturbation_plot  # noqa: F401  (registers the accuracy-vs-perturbation analysis)
 from .analyses import ANALYSES, AnalysisResult, run_analyses
 from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry, load_config
 from .examples import example_figures

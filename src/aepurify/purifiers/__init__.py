@@ -19,12 +19,13 @@ from .apudae import APuDAE
 from .base import DefendedClassifier, Identity, Purifier
 from .feature_dae import HGD, FeatureDAE
 from .magnet import MagNet
+from .patch_vae import VAE, PatchVAE
 from .s2snet import S2SNet
 from .transforms import JPEG, BitDepth, Median
 
 __all__ = ["PURIFIERS", "Purifier", "DefendedClassifier", "create_purifier", "load_purifier",
            "Identity", "MagNet", "S2SNet", "JPEG", "BitDepth", "Median", "FeatureDAE", "HGD",
-           "APuDAE"]
+           "APuDAE", "VAE", "PatchVAE"]
 
 PURIFIERS: Registry[Purifier] = Registry("purifier")
 PURIFIERS.register("none")(Identity)
@@ -36,6 +37,8 @@ PURIFIERS.register("s2snet")(S2SNet)
 PURIFIERS.register("feature-dae")(FeatureDAE)
 PURIFIERS.register("hgd")(HGD)
 PURIFIERS.register("apudae")(APuDAE)
+PURIFIERS.register("vae")(VAE)
+PURIFIERS.register("patch-vae")(PatchVAE)
 
 
 def purifier_class(name: str) -> type[Purifier]:

@@ -1,0 +1,390 @@
+"""VAE purification and the patch-wise VAE (Luo and Pfister, "Adversarial Defense of Image
+Classification Using a Variational Auto-Encoder", arXiv 1812.02891).
+
+A variational auto-encoder trained on clean images; the defended classifier reads
+``decoder(z)`` with ``z`` drawn from the posterior ``q(z | x)``, so the defense is random and an
+honest white-box attack needs EOT. ``sample=False`` uses the posterior mean instead
+(deterministic).
+
+- ``vae``: one VAE over the whole image, with the authors' two layouts (their Keras code):
+  ``mnist``: Conv16-ReLU, MaxPool 2, Conv8-ReLU, MaxPool 2, dense latent (256) | dense,
+  Conv8-ReLU, Upsample 2, Conv16-ReLU, Upsample 2, Conv-C-sigmoid; loss
+  ``784 * MSE + 0.01 * KL`` (the per-image sum of squared errors). ``cifar10``: Conv64-ReLU,
+  MaxPool 2, Conv32-ReLU, Conv16-ReLU, dense latent (1024) | dense, Conv16, Conv32, Upsample 2,
+  Conv64, Conv-C-sigmoid; loss ``3072 * MSE + 0.01 * KL``. All convs 3x3, "same" padding.
+- ``patch-vae``: one small convolutional VAE per patch size, trained on random square patches
+  of the training images (binary cross-entropy + KL, latent noise clipped to +-5, as the paper's
+  ImageNet patch VAE). An image of any size is cut into a grid of patches with stride equal to
+  the patch size (``stride="full"``) or half of it (``"half"``), each patch is reconstructed, the
+  overlapping reconstructions are averaged (``unfold`` / ``fold``, one batched pass), optionally
+  smoothed with a Gaussian, and with several patch sizes (``patch_sizes=[8, 16]``, the paper's
+  "mix") the reconstructions of all sizes are averaged. No retraining for another image size.
+
+Borders (patch-vae): when the patch grid does not divide the image (28 px with 16 px patches at
+stride 8 needs 32 px), the image is padded by replicating its edge pixels, split evenly between
+the two sides (2 px each side there), purified, and cropped back; images smaller than a patch
+are padded up to one patch. Border pixels are covered by fewer patches than interior ones; the
+average divides by each pixel's own count, so every pixel is an average of the patches that
+cover it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError, InputError
+from .base import Purifier
+
+if TYPE_CHECKING:
+    from ..data import ImageDataset
+    from ..training.settings import TrainSettings
+
+LAYOUTS = ("mnist", "cifar10")
+RECON_LOSSES = ("mse", "bce")
+STRIDES = ("half", "full")
+
+
+def gaussian_sample(mu: torch.Tensor, logvar: torch.Tensor, sample: bool,
+                    noise_clip: float | None) -> torch.Tensor:
+    """The reparameterised latent ``mu + exp(logvar / 2) * e``, e ~ N(0, I) clipped to
+    ``[-noise_clip, noise_clip]`` (no clipping if None); ``mu`` itself when not ``sample``.
+
+    Shapes: mu, logvar (N, D) -> z (N, D).
+    """
+    if not sample:
+        return mu
+    noise = torch.randn_like(mu)
+    if noise_clip is not None:
+        noise = noise.clamp(-noise_clip, noise_clip)
+    return mu + torch.exp(0.5 * logvar) * noise
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) per sample, (N, D) -> (N,), in nats."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+
+
+class GaussianCoder(nn.Module):
+    """A VAE network: ``encoder`` (images -> feature map of ``feature_shape``), two dense heads
+    for the posterior mean and log-variance, a dense layer back to ``feature_shape`` and
+    ``decoder`` (feature map -> pre-sigmoid image).
+
+    Args:
+        encoder: (N, C, H, W) -> (N, *feature_shape).
+        feature_shape: (channels, height, width) of the encoder's output.
+        latent_dim: D, the size of z.
+        decoder: (N, *feature_shape) -> logits (N, C, H', W') with H' >= H, W' >= W (cropped).
+        dense_activation: applied after the dense layer from z (the Keras MNIST/CIFAR-10 models
+            used none; the patch coder uses ReLU).
+    """
+
+    def __init__(self, encoder: nn.Module, feature_shape: tuple[int, int, int], latent_dim: int,
+                 decoder: nn.Module, dense_activation: bool = False) -> None:
+        super().__init__()
+        flat = math.prod(feature_shape)
+        self.encoder = encoder
+        self.feature_shape = tuple(feature_shape)
+        self.to_mu = nn.Linear(flat, latent_dim)
+        self.to_logvar = nn.Linear(flat, latent_dim)
+        self.from_z = nn.Sequential(nn.Linear(latent_dim, flat),
+                                    nn.ReLU() if dense_activation else nn.Identity())
+        self.decoder = decoder
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance, each (N, D)."""
+        h = self.encoder(x).flatten(1)
+        return self.to_mu(h), self.to_logvar(h)
+
+    def decode_logits(self, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Pre-sigmoid reconstruction (N, C, *size) of latents z (N, D)."""
+        h = self.from_z(z).view(z.shape[0], *self.feature_shape)
+        return self.decoder(h)[..., :size[0], :size[1]]
+
+    def forward(self, x: torch.Tensor, sample: bool = True, noise_clip: float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction logits (N, C, H, W), mu, logvar) of images x in [0, 1]."""
+        mu, logvar = self.encode(x)
+        z = gaussian_sample(mu, logvar, sample, noise_clip)
+        return self.decode_logits(z, x.shape[-2:]), mu, logvar
+
+    def loss(self, x: torch.Tensor, recon_loss: str, kl_weight: float,
+             noise_clip: float | None) -> torch.Tensor:
+        """Mean over the batch of (per-image reconstruction loss summed over pixels
+        + ``kl_weight`` * KL). ``mse`` summed over pixels is the paper's ``C*H*W * MSE``."""
+        logits, mu, logvar = self(x, sample=True, noise_clip=noise_clip)
+        if recon_loss == "bce":
+            rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        else:
+            rec = (torch.sigmoid(logits) - x).pow(2)
+        return (rec.flatten(1).sum(1) + kl_weight * kl_divergence(mu, logvar)).mean()
+
+
+def _conv(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1)
+
+
+def paper_vae(layout: str, in_channels: int, image_size: int, latent_dim: int) -> GaussianCoder:
+    """The authors' whole-image VAE (their Keras ``vae_model_mnist`` / ``vae_model_cifar``).
+
+    Keras' "same" max-pooling rounds odd sizes up (``ceil_mode``); the decoder's output is
+    cropped back to ``image_size``.
+    """
+    c, s = in_channels, image_size
+    if layout == "mnist":
+        side = math.ceil(math.ceil(s / 2) / 2)
+        encoder = nn.Sequential(_conv(c, 16), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+                                _conv(16, 8), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True))
+        decoder = nn.Sequential(_conv(8, 8), nn.ReLU(), nn.Upsample(scale_factor=2),
+                                _conv(8, 16), nn.ReLU(), nn.Upsample(scale_factor=2),
+                                _conv(16, c))
+        return GaussianCoder(encoder, (8, side, side), latent_dim, decoder)
+    side = math.ceil(s / 2)
+    encoder = nn.Sequential(_conv(c, 64), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+                            _conv(64, 32), nn.ReLU(), _conv(32, 16), nn.ReLU())
+    decoder = nn.Sequential(_conv(16, 16), nn.ReLU(), _conv(16, 32), nn.ReLU(),
+                            nn.Upsample(scale_factor=2), _conv(32, 64), nn.ReLU(), _conv(64, c))
+    return GaussianCoder(encoder, (16, side, side), latent_dim, decoder)
+
+
+def patch_coder(in_channels: int, patch_size: int, latent_dim: int, width: int
+                ) -> GaussianCoder:
+    """A small convolutional VAE for ``patch_size`` x ``patch_size`` patches: two stride-2
+    4x4 convs (width, 2 * width channels) to a dense latent, and two stride-2 transposed convs
+    back. ``patch_size`` must be a multiple of 4."""
+    c, w, side = in_channels, width, patch_size // 4
+    encoder = nn.Sequential(nn.Conv2d(c, w, 4, 2, 1), nn.ReLU(),
+                            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU())
+    decoder = nn.Sequential(nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),
+                            nn.ConvTranspose2d(w, c, 4, 2, 1))
+    return GaussianCoder(encoder, (2 * w, side, side), latent_dim, decoder, dense_activation=True)
+
+
+class _VariationalPurifier(Purifier):
+    """What ``vae`` and ``patch-vae`` share: sampling or the posterior mean, the paper's losses,
+    and the declared randomness (stochastic exactly when sampling)."""
+
+    trainable = True
+    paper = "Luo and Pfister, arXiv 1812.02891 (VAE defense)"
+
+    def __init__(self, in_channels: int, sample: bool, recon_loss: str, kl_weight: float,
+                 noise_clip: float | None) -> None:
+        super().__init__(in_channels)
+        if recon_loss not in RECON_LOSSES:
+            raise ConfigError(f"recon_loss must be one of {', '.join(RECON_LOSSES)}; "
+                              f"got {recon_loss!r}")
+        if kl_weight < 0:
+            raise ConfigError(f"kl_weight must be >= 0; got {kl_weight}")
+        if noise_clip is not None and noise_clip <= 0:
+            raise ConfigError(f"noise_clip must be positive or null; got {noise_clip}")
+        self.sample = bool(sample)
+        self.recon_loss = recon_loss
+        self.kl_weight = float(kl_weight)
+        self.noise_clip = None if noise_clip is None else float(noise_clip)
+
+    @property  # type: ignore[override]
+    def stochastic(self) -> bool:  # noqa: D401 - a flag, as on the base class
+        """Random exactly when z is sampled; the posterior mean is deterministic."""
+        return self.sample
+
+    def reconstruct(self, coder: GaussianCoder, x: torch.Tensor) -> torch.Tensor:
+        """``coder``'s reconstruction of x (N, C, H, W) in [0, 1], in [0, 1]."""
+        logits, _, _ = coder(x, sample=self.sample, noise_clip=self.noise_clip)
+        return torch.sigmoid(logits)
+
+    def coder_loss(self, coder: GaussianCoder, x: torch.Tensor) -> torch.Tensor:
+        return coder.loss(x, self.recon_loss, self.kl_weight, self.noise_clip)
+
+
+class VAE(_VariationalPurifier):
+    """Whole-image VAE purifier (purifier name ``vae``).
+
+    Args:
+        in_channels: C of the images (1 for MNIST, 3 for CIFAR-10).
+        image_size: H = W of the images it was built for (pixels); other sizes are refused
+            (``patch-vae`` handles any size).
+        layout: ``mnist`` or ``cifar10`` (the authors' two networks); None picks ``mnist`` for
+            1 channel and ``cifar10`` otherwise.
+        latent_dim: size of z; None gives the paper's (256 for ``mnist``, 1024 for ``cifar10``).
+        sample: draw z from q(z|x) (the paper's random defense) or use its mean.
+        recon_loss: ``mse`` (the paper's, summed over pixels) or ``bce``.
+        kl_weight: weight of the KL term (0.01 in the paper).
+        noise_clip: clip the latent noise to +-noise_clip (None: no clipping, as the authors'
+            whole-image VAEs).
+
+    Shapes:
+        (N, C, image_size, image_size) in [0, 1] -> same shape in [0, 1].
+
+    Raises:
+        ConfigError: unknown layout or loss, negative weights.
+        InputError: (from forward) images of another size, channel count or range.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, layout: str | None = None,
+                 latent_dim: int | None = None, sample: bool = True, recon_loss: str = "mse",
+                 kl_weight: float = 0.01, noise_clip: float | None = None) -> None:
+        super().__init__(in_channels, sample, recon_loss, kl_weight, noise_clip)
+        layout = layout or ("mnist" if in_channels == 1 else "cifar10")
+        if layout not in LAYOUTS:
+            raise ConfigError(f"vae layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+        if int(image_size) < 4:
+            raise ConfigError(f"vae image_size must be at least 4; got {image_size}")
+        self.image_size = int(image_size)
+        self.layout = layout
+        latent = latent_dim if latent_dim is not None else (256 if layout == "mnist" else 1024)
+        self.net = paper_vae(layout, in_channels, self.image_size, int(latent))
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise InputError(f"vae was built for {self.image_size}x{self.image_size} images; got "
+                             f"shape {tuple(x.shape)} (patch-vae purifies any size)")
+        return self.reconstruct(self.net, x)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor,
+                      classifier: nn.Module | None = None) -> torch.Tensor:
+        return self.coder_loss(self.net, x)
+
+
+def patch_grid(size: int, patch: int, stride: int) -> tuple[int, int, int]:
+    """The padded side that a grid of ``patch`` px patches at ``stride`` covers exactly, and
+    the padding (before, after) that brings ``size`` to it, split evenly.
+
+    >>> patch_grid(28, 16, 8)     # 3 patches per side: 0, 8, 16 on a 32 px padded side
+    (32, 2, 2)
+    """
+    count = 1 if size <= patch else math.ceil((size - patch) / stride) + 1
+    total = (count - 1) * stride + patch
+    before = (total - size) // 2
+    return total, before, total - size - before
+
+
+def random_patches(x: torch.Tensor, patch: int, per_image: int) -> torch.Tensor:
+    """``per_image`` random ``patch`` x ``patch`` crops of each image (uniform positions).
+
+    Shapes: (N, C, H, W) -> (N * per_image, C, patch, patch). Images smaller than a patch are
+    padded by edge replication first, as at purification time.
+    """
+    n, _, h, w = x.shape
+    if h < patch or w < patch:
+        ph, pw = max(patch - h, 0), max(patch - w, 0)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+        h, w = x.shape[-2:]
+    m = n * per_image
+    img = torch.arange(n, device=x.device).repeat_interleave(per_image)
+    offs = torch.arange(patch, device=x.device)
+    rows = torch.randint(0, h - patch + 1, (m, 1), device=x.device) + offs
+    cols = torch.randint(0, w - patch + 1, (m, 1), device=x.device) + offs
+    # advanced indices around a slice: the result is (M, patch, patch, C)
+    crops = x[img[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return crops.permute(0, 3, 1, 2)
+
+
+class PatchVAE(_VariationalPurifier):
+    """Patch-wise VAE purifier (purifier name ``patch-vae``): purifies images of any size with
+    VAEs trained on fixed-size patches.
+
+    Args:
+        in_channels: C of the images.
+        patch_sizes: one VAE per patch size (pixels, multiples of 4); with several, the
+            reconstructions of all sizes are averaged (the paper's "mix").
+        latent_dim: size of each patch VAE's z.
+        width: channels of the patch VAEs' first conv (the second has twice as many).
+        stride: ``half`` (stride = patch size / 2, overlapping patches averaged) or ``full``
+            (stride = patch size, a plain tiling).
+        smooth: sigma in pixels of a Gaussian smoothing of the averaged reconstruction (0: off).
+        sample: draw z from q(z|x) (random, the paper's) or use its mean (deterministic).
+        recon_loss: ``bce`` (the paper's patch VAE) or ``mse``.
+        kl_weight: weight of the KL term (1 in the paper's patch VAE: the plain ELBO).
+        noise_clip: latent noise clipped to +-noise_clip (5 in the paper; None: no clipping).
+
+    Shapes:
+        (N, C, H, W) in [0, 1], any H and W -> same shape in [0, 1].
+
+    Training option (``train.extra``): ``patches_per_image`` (4), random crops per image and
+    patch size per step.
+
+    Raises:
+        ConfigError: bad patch sizes, stride, loss or weights.
+        InputError: (from forward) wrong channel count or values outside [0, 1].
+    """
+
+    def __init__(self, in_channels: int = 1, patch_sizes: Sequence[int] = (16,),
+                 latent_dim: int = 64, width: int = 16, stride: str = "half", smooth: float = 0.0,
+                 sample: bool = True, recon_loss: str = "bce", kl_weight: float = 1.0,
+                 noise_clip: float | None = 5.0) -> None:
+        super().__init__(in_channels, sample, recon_loss, kl_weight, noise_clip)
+        sizes = [int(p) for p in ([patch_sizes] if isinstance(patch_sizes, int) else patch_sizes)]
+        if not sizes or any(p < 4 or p % 4 for p in sizes) or len(set(sizes)) != len(sizes):
+            raise ConfigError(f"patch_sizes must be distinct multiples of 4 (at least 4); "
+                              f"got {patch_sizes}")
+        if stride not in STRIDES:
+            raise ConfigError(f"stride must be one of {', '.join(STRIDES)}; got {stride!r}")
+        if smooth < 0:
+            raise ConfigError(f"smooth must be >= 0; got {smooth}")
+        self.patch_sizes = sizes
+        self.stride = stride
+        self.smooth = float(smooth)
+        self.coders = nn.ModuleList(patch_coder(in_channels, p, int(latent_dim), int(width))
+                                    for p in sizes)
+        self.patches_per_image = 4
+
+    def purify_size(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Reconstruction of x (N, C, H, W) with the VAE of ``patch_sizes[index]`` alone: pad,
+        cut into patches (one batched ``unfold``), reconstruct them in one pass, put them back
+        with ``fold`` and divide by the number of patches covering each pixel, crop."""
+        p = self.patch_sizes[index]
+        s = p if self.stride == "full" else p // 2
+        n, c, h, w = x.shape
+        hp, top, bottom = patch_grid(h, p, s)
+        wp, left, right = patch_grid(w, p, s)
+        padded = F.pad(x, (left, right, top, bottom), mode="replicate") if (hp, wp) != (h, w) \
+            else x
+        cols = F.unfold(padded, p, stride=s)                        # (N, C*p*p, L)
+        count = cols.shape[-1]
+        patches = cols.transpose(1, 2).reshape(n * count, c, p, p)
+        rec = self.reconstruct(self.coders[index], patches)
+        rec_cols = rec.reshape(n, count, c * p * p).transpose(1, 2)
+        summed = F.fold(rec_cols, (hp, wp), p, stride=s)
+        cover = F.fold(torch.ones_like(cols[:1]), (hp, wp), p, stride=s)
+        return (summed / cover)[..., top:top + h, left:left + w]
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.stack([self.purify_size(x, i) for i in range(len(self.coders))]).mean(0)
+        if self.smooth > 0:
+            from kornia.filters import gaussian_blur2d
+
+            k = 2 * math.ceil(2 * self.smooth) + 1
+            out = gaussian_blur2d(out, (k, k), (self.smooth, self.smooth), border_type="replicate")
+        return out.clamp(0, 1)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor,
+                      classifier: nn.Module | None = None) -> torch.Tensor:
+        losses = [self.coder_loss(coder, random_patches(x, p, self.patches_per_image))
+                  for coder, p in zip(self.coders, self.patch_sizes, strict=True)]
+        return torch.stack(losses).sum()
+
+    def fit(self, train: ImageDataset, settings: TrainSettings,
+            classifier: nn.Module | None = None, device: torch.device | str = "cpu"
+            ) -> dict[str, Any]:
+        """Train every patch VAE on random patches of ``train`` (``train.extra``:
+        ``patches_per_image``, default 4).
+
+        Raises:
+            ConfigError: an unknown or invalid ``extra`` option.
+        """
+        extra = dict(settings.extra)
+        per_image = extra.pop("patches_per_image", 4)
+        if extra:
+            raise ConfigError(f"patch-vae: unknown train.extra option(s): {', '.join(extra)} "
+                              "(known: patches_per_image)")
+        if not isinstance(per_image, int) or per_image < 1:
+            raise ConfigError(f"patch-vae: patches_per_image must be a positive integer; got "
+                              f"{per_image!r}")
+        self.patches_per_image = per_image
+        metrics = super().fit(train, settings, classifier=classifier, device=device)
+        return {**metrics, "patches_per_image": per_image}
