@@ -110,14 +110,20 @@ def resolve_threat_model(text: str, purifier: Purifier, eot_samples: int | None 
     return ThreatModel(base, eot, k if eot else 1)
 
 
-def check_attack(tm: ThreatModel, attack: str) -> None:
+def check_attack(tm: ThreatModel, attack: str, norm: str | None = None,
+                 purifier: Purifier | None = None) -> None:
     """Raise NotApplicableError when ``attack`` cannot run under ``tm``: a gradient attack under
-    black-box (outputs only)."""
+    black-box (outputs only), or an (attack, norm) the purifier's own adaptive attack does not
+    cover (checked through its optional ``check_adaptive_attack(attack, norm)``), so the grid
+    skips it with the reason instead of failing mid-run."""
     from .base import gradient_free
 
     if tm.base == "black-box" and not gradient_free(attack):
         raise NotApplicableError(f"black-box gives the attacker outputs only, and {attack} needs "
                                  "gradients; use a gradient-free attack such as square")
+    check = getattr(purifier, "check_adaptive_attack", None)
+    if tm.base == "adaptive" and check is not None and norm is not None:
+        check(attack, norm)
 
 
 def bpda_purify(purifier: Purifier, x: torch.Tensor) -> torch.Tensor:

@@ -230,7 +230,7 @@ def plan(exp: Experiment) -> tuple[list[Cell], list[dict[str, str]]]:
                 samples = entry.eot_samples if entry and entry.eot_samples else config.eot_samples
                 try:
                     tm = resolve_threat_model(tm_text, purifier, samples)
-                    check_attack(tm, attack.name)
+                    check_attack(tm, attack.name, attack.norm, purifier)
                 except NotApplicableError as exc:
                     reason = {"purifier": label, "threat_model": tm_text, "reason": str(exc)}
                     if reason not in skipped:

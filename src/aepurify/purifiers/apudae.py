@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NotApplicableError
 from .base import Purifier
 
 if TYPE_CHECKING:
@@ -326,6 +326,16 @@ class APuDAE(Purifier):
 
     # -- the paper's adaptive attack -----------------------------------------------------------
 
+    def check_adaptive_attack(self, attack_name: str, norm: str) -> None:
+        """Raise NotApplicableError unless S-BIM covers ``attack_name`` (bim, pgd) and ``norm``
+        (L-inf only)."""
+        if attack_name not in ("bim", "pgd"):
+            raise NotApplicableError(f"APuDAE's adaptive attack is S-BIM: use attack 'bim' (or "
+                                     f"'pgd' for a random start) under the adaptive threat model, "
+                                     f"not {attack_name!r}")
+        if norm != "linf":
+            raise NotApplicableError(f"S-BIM is an L-inf attack; got norm {norm!r}")
+
     def adaptive_attack(self, attack_name: str, defended: nn.Module, eps: float, norm: str,
                         **params: Any) -> SBIM:
         """The attack of the ``adaptive`` threat model: S-BIM (the authors' adaptive attack).
@@ -334,14 +344,11 @@ class APuDAE(Purifier):
         uniform random start in the eps-ball. ``params`` are :class:`SBIM`'s options.
 
         Raises:
-            ConfigError: another attack, a norm other than L-inf, or an unknown option.
+            NotApplicableError: another attack or a norm other than L-inf (the grid skips that
+                combination with the reason).
+            ConfigError: an unknown S-BIM option.
         """
-        if attack_name not in ("bim", "pgd"):
-            raise ConfigError(f"APuDAE's adaptive attack is S-BIM: use attack 'bim' (or 'pgd' for "
-                              f"a random start) under the adaptive threat model, not "
-                              f"{attack_name!r}")
-        if norm != "linf":
-            raise ConfigError(f"S-BIM is an L-inf attack; got norm {norm!r}")
+        self.check_adaptive_attack(attack_name, norm)
         params = dict(params)
         params.setdefault("random_start", attack_name == "pgd")
         try:
