@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .analyses import ANALYSES, AnalysisResult
-from .report import CLEAN, fmt_eps
+from .report import CLEAN, fmt_eps, style_accuracy_axes
 
 if TYPE_CHECKING:
     from .runner import Experiment
@@ -145,12 +145,8 @@ def _plot(series: Series, clean: dict[str, float], attacks: list[str], title: st
                     color="black" if pur == CLEAN else colours[pur],
                     linestyle="--" if pur == CLEAN else "-",
                     label="undefended" if pur == CLEAN else pur)
-        ax.set_xlabel("mean normalised L2 size of the perturbation, ||x' - x|| / ||x||")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"{attack}, {title}")
-        ax.legend(fontsize=7, loc="lower left")
+        style_accuracy_axes(ax, "mean normalised L2 size of the perturbation, ||x' - x|| / ||x||",
+                            f"{attack}, {title}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,29 @@ if TYPE_CHECKING:
 
 CLEAN = "none"
 
+
+
+def write_records_csv(records: Iterable[Any], columns: Sequence[str], path: Path,
+                      convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Path:
+    """Write dataclass ``records`` as CSV rows with the header ``columns``; ``convert`` edits
+    each row's dict (formatting) before it is written. Returns ``path``."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        for record in records:
+            rec = asdict(record)
+            writer.writerow(convert(rec) if convert else rec)
+    return path
+
+
+def style_accuracy_axes(ax: Any, xlabel: str, title: str) -> None:
+    """The accuracy plots' common axes: accuracy in [0, 1] on y, a grid, a small legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower left")
 
 def write_csv(rows: list[ResultRow], path: Path) -> Path:
     """``results.csv`` with exactly the columns
@@ -231,12 +256,7 @@ def plot_threat_models(rows: list[ResultRow], out_dir: Path) -> dict[str, str]:
                         color="grey" if is_ref else colours[defense],
                         linestyle=styles[attacks.index(att) % len(styles)],
                         label=f"{'undefended, gray-box' if is_ref else name} / {att}")
-            ax.set_xlabel(f"epsilon ({norm}, pixels in [0, 1])")
-            ax.set_ylabel("accuracy")
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-            ax.set_title(f"{tm}, {norm}")
-            ax.legend(fontsize=7, loc="lower left")
+            style_accuracy_axes(ax, f"epsilon ({norm}, pixels in [0, 1])", f"{tm}, {norm}")
         fig.tight_layout()
         name = f"accuracy-{tm.replace('+', '_')}.png"
         fig.savefig(out_dir / name, dpi=110)

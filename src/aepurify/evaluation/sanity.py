@@ -17,13 +17,13 @@ says why.
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import SANITY_PREFIX, ExperimentConfig
+from .report import write_records_csv
 from .store import ResultRow, eps_key
 
 CLEAN = "none"
@@ -165,11 +165,8 @@ def _white_vs_gray(group: list[ResultRow], tol: float, result: Any) -> None:
 
 def write_sanity_csv(results: list[SanityResult], path: Path) -> Path:
     """``sanity.csv`` with the columns of :data:`SANITY_COLUMNS` (passed: true/false/empty)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(SANITY_COLUMNS))
-        writer.writeheader()
-        for r in results:
-            rec = asdict(r)
-            rec["passed"] = "" if r.passed is None else str(r.passed).lower()
-            writer.writerow(rec)
-    return path
+    def convert(rec: dict[str, Any]) -> dict[str, Any]:
+        rec["passed"] = "" if rec["passed"] is None else str(rec["passed"]).lower()
+        return rec
+
+    return write_records_csv(results, SANITY_COLUMNS, path, convert)

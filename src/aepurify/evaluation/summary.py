@@ -16,14 +16,15 @@ robust only if it survives the worst attack it met. Sanity rows at the config's 
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .config import SANITY_PREFIX
+from .report import write_records_csv
 from .store import ResultRow, eps_key
 
 CLEAN = "none"
@@ -99,12 +100,9 @@ def summarize(rows: list[ResultRow]) -> list[SummaryRow]:
 
 def write_summary_csv(summary: list[SummaryRow], path: Path) -> Path:
     """``summary.csv`` with the columns of :data:`SUMMARY_COLUMNS`."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
-        writer.writeheader()
-        for s in summary:
-            rec = asdict(s)
-            for k in ("clean", "graybox_robust", "adaptive_robust", "worst_accuracy"):
-                rec[k] = "" if np.isnan(rec[k]) else round(rec[k], 6)
-            writer.writerow(rec)
-    return path
+    def convert(rec: dict[str, Any]) -> dict[str, Any]:
+        for k in ("clean", "graybox_robust", "adaptive_robust", "worst_accuracy"):
+            rec[k] = "" if np.isnan(rec[k]) else round(rec[k], 6)
+        return rec
+
+    return write_records_csv(summary, SUMMARY_COLUMNS, path, convert)
