@@ -285,3 +285,21 @@ def test_outputs_of_the_rigorous_protocol(tmp_path):
     assert 'src="accuracy-' not in html  # every plot is inlined: one self-contained file
     assert "Sanity checks" in html and "Adaptive robust accuracy" in html
     assert (out / "examples-lenet-jpeg.png").exists()
+
+
+def test_sanity_attacks_on_a_random_purifier_use_n_test_random(tmp_path):
+    from aepurify.evaluation.runner import prepare
+
+    config = json.loads(json.dumps(TINY))
+    config["purifiers"] = [
+        TINY["purifiers"][1],
+        {"name": "vae", "train": {"epochs": 1, "batch_size": 64, "max_images": 256},
+         "threat_models": ["gray-box", "white-box+eot"], "eot_samples": 20}]
+    config["attacks"] = [{"name": "fgsm", "eps": [0.3]}]
+    config["sanity"] = {"enabled": True, "n_test": 40, "n_test_random": 10}
+    exp = prepare(load_config(_write(tmp_path, config)), tmp_path / "run")
+    sanity = [c for c in exp.cells if c.attack is not None
+              and c.attack.row_label.startswith("sanity-")]
+    assert {c.n for c in sanity if c.purifier == "vae"} == {10}  # random: EOT makes it costly
+    assert {c.n for c in sanity if c.purifier == "jpeg"} == {40}
+    assert {c.threat_model.name for c in sanity if c.purifier == "vae"} >= {"white-box+eot"}

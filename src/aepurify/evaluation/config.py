@@ -147,6 +147,8 @@ class SanitySettings(_Strict):
         large_eps: a budget at which accuracy must fall to about 0 (default 1.0 for L-inf, where
             any image is reachable, 60 for L2).
         n_test: images for the sanity attacks.
+        n_test_random: images for the sanity attacks on a random (stochastic) purifier, where EOT
+            makes every gradient cost ``eot_samples`` passes (default: ``n_test``).
         steps: PGD iteration counts to compare (more must not raise accuracy).
         restarts: restarts of the first PGD (more must not raise accuracy).
         square_queries: queries of the Square attack.
@@ -161,6 +163,7 @@ class SanitySettings(_Strict):
     eps: float | None = Field(None, gt=0)
     large_eps: float | None = Field(None, gt=0)
     n_test: int = Field(100, ge=1)
+    n_test_random: int | None = Field(None, ge=1)
     steps: list[int] = Field(default_factory=lambda: [10, 100], min_length=2)
     restarts: int = Field(5, ge=1)
     square_queries: int = Field(1000, ge=1)

@@ -29,7 +29,8 @@ from ..purifiers import DefendedClassifier, Purifier, create_purifier, purifier_
 from ..training import Trained, get_classifier, get_purifier
 from ..utils import batches, derive_seed, pick_device, progress, seed_everything, stable_hash
 from ..version import code_version
-from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry
+from .config import (SANITY_PREFIX, AttackEntry, ClassifierEntry, ExperimentConfig,
+                     PurifierEntry)
 from .store import ResultRow, ResultStore, eps_key
 
 log = logging.getLogger(__name__)
@@ -236,16 +237,21 @@ def plan(exp: Experiment) -> tuple[list[Cell], list[dict[str, str]]]:
                     if reason not in skipped:
                         skipped.append(reason)
                     continue
+                n_cell = n
+                if (attack.row_label.startswith(SANITY_PREFIX) and purifier.stochastic
+                        and config.sanity.n_test_random is not None):
+                    # every gradient of a random purifier costs eot_samples passes
+                    n_cell = min(n, config.sanity.n_test_random)
                 for eps in attack.eps:
                     details = {"attack_params": attack.params, "restarts": attack.restarts,
                                "eot_samples": tm.eot_samples if tm.eot else None,
                                "surrogate": purifier.surrogate_name() if tm.base == "bpda"
                                else None}
-                    cell = Cell(clf_label, label, tm, attack, ai, eps, n, details=details)
+                    cell = Cell(clf_label, label, tm, attack, ai, eps, n_cell, details=details)
                     cell.key = (config.dataset, clf_label, label, tm.name, attack.row_label,
                                 attack.norm, eps_key(eps))
                     cell.spec_hash = stable_hash({
-                        **common, "n": n, "purifier": trained.key, "tm": tm.name,
+                        **common, "n": n_cell, "purifier": trained.key, "tm": tm.name,
                         "k": tm.eot_samples,
                         "source": exp.source.key if (exp.source and tm.base == "transfer")
                         else None,
