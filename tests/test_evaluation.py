@@ -303,3 +303,10 @@ def test_sanity_attacks_on_a_random_purifier_use_n_test_random(tmp_path):
     assert {c.n for c in sanity if c.purifier == "vae"} == {10}  # random: EOT makes it costly
     assert {c.n for c in sanity if c.purifier == "jpeg"} == {40}
     assert {c.threat_model.name for c in sanity if c.purifier == "vae"} >= {"white-box+eot"}
+
+
+def test_transfer_named_by_an_attack_needs_a_transfer_source(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["attacks"] = [{"name": "fgsm", "eps": [0.1], "threat_models": ["transfer"]}]
+    with pytest.raises(ConfigError, match="transfer threat model needs transfer_source"):
+        load_config(_write(tmp_path, config))

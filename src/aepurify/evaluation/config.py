@@ -339,9 +339,12 @@ class ExperimentConfig(_Strict):
         return [*self.attacks, *self.sanity_attacks()]
 
     def all_threat_models(self) -> list[str]:
+        """Every threat model the config names: its own list, the purifiers' and the attacks'."""
         names = list(self.threat_models)
         for p in self.purifiers:
             names += p.threat_models or []
+        for a in self.attacks:
+            names += a.threat_models or []
         return list(dict.fromkeys(names))
 
 
