@@ -244,13 +244,17 @@ def test_sanity_checks_flag_masking_and_say_why():
         _row("p", "gray-box", "pgd", eps, [0] * 10),
         _row("p", "bpda", "pgd", eps, [1] * 10),  # purifier-aware weaker than gray-box
         _row("p", "bpda+eot", "pgd", 0.1, [1] * 10, details={"eot_samples": 5}),
+        _row("p", "white-box", "fgsm", eps, [1] * 6 + [0] * 4),  # exact gradient weaker than
+        _row("p", "bpda", "fgsm", eps, [1] * 2 + [0] * 8),       # the identity surrogate: masked
     ]
     results = {r.check: r for r in run_checks(rows, config, {"p": True})}
     assert set(results) == {"large-eps", "more-iterations", "more-restarts",
-                            "square-vs-gradient", "white-box-vs-gray-box", "eot-samples"}
+                            "square-vs-gradient", "white-box-vs-gray-box", "white-box-vs-bpda",
+                            "eot-samples"}
     assert results["more-restarts"].passed is True
+    assert "+0.400" in results["white-box-vs-bpda"].detail
     for check in ("large-eps", "more-iterations", "square-vs-gradient", "white-box-vs-gray-box",
-                  "eot-samples"):
+                  "white-box-vs-bpda", "eot-samples"):
         assert results[check].passed is False, check
         assert results[check].detail
     assert "0.500" in results["large-eps"].detail and "5" in results["eot-samples"].detail

@@ -8,6 +8,7 @@ section 5), run on the finished rows of a grid.
 | ``more-restarts`` | restarts do not raise accuracy (true by construction: worst case) | a bookkeeping error |
 | ``square-vs-gradient`` | the gradient-free Square attack does not beat the gradient attacks | gradient masking: the gradients lie |
 | ``white-box-vs-gray-box`` | attacks that see the purifier are not weaker than gray-box or transfer attacks | the purifier's gradients (or surrogate) mislead the attacker |
+| ``white-box-vs-bpda`` | the exact gradient (white-box) is not weaker than BPDA's surrogate gradient on the same attack (only where both ran) | shattered gradients: the purifier's exact gradient is masked (Athalye et al. 2018) |
 | ``eot-samples`` | a random purifier was attacked with EOT over at least ``min_eot_samples`` draws | its robust accuracy is not adaptive yet |
 
 Comparisons use the same images (the first n of both rows) and a tolerance. A failed check is
@@ -121,6 +122,7 @@ def run_checks(rows: list[ResultRow], config: ExperimentConfig,
                        f"gradient attack {a_grad:.3f} ({best.threat_model} {best.attack}; n={n})")
         if pur != CLEAN:
             _white_vs_gray(group, tol, result)
+            _white_vs_bpda(group, tol, result)
             if stochastic.get(pur):
                 eot_rows = [r for r in group if r.threat_model.endswith("+eot")]
                 most = max((r.details.get("eot_samples") or 0 for r in eot_rows), default=0)
@@ -161,6 +163,32 @@ def _white_vs_gray(group: list[ResultRow], tol: float, result: Any) -> None:
     result("white-box-vs-gray-box", worst_gap <= tol,
            f"largest excess of a purifier-aware attack over gray-box/transfer: {worst_gap:+.3f} "
            f"at {worst_detail} ({compared} comparisons, tolerance {tol:g})")
+
+
+def _white_vs_bpda(group: list[ResultRow], tol: float, result: Any) -> None:
+    """The exact gradient must not be a weaker attack than BPDA's surrogate gradient: compared
+    per (attack, norm, eps) between white-box and bpda (and white-box+eot and bpda+eot); no
+    result where the purifier never met both."""
+    cells: dict[tuple[str, str, float, bool], dict[str, ResultRow]] = defaultdict(dict)
+    for r in group:
+        base, eot = r.threat_model.split("+")[0], r.threat_model.endswith("+eot")
+        if base in ("white-box", "bpda"):
+            cells[(r.attack, r.norm, eps_key(r.eps), eot)][base] = r
+    worst_gap, worst_detail, compared = -1.0, "", 0
+    for (attack, norm, eps, _), tms in cells.items():
+        if len(tms) < 2:
+            continue
+        white, bpda = tms["white-box"], tms["bpda"]
+        a_white, a_bpda, n = _pair(white, bpda)
+        compared += 1
+        if a_white - a_bpda > worst_gap:
+            worst_gap = a_white - a_bpda
+            worst_detail = (f"{attack} {norm} eps {eps:g}: {white.threat_model} {a_white:.3f} vs "
+                            f"{bpda.threat_model} {a_bpda:.3f} (n={n})")
+    if compared:
+        result("white-box-vs-bpda", worst_gap <= tol,
+               f"largest excess of the exact-gradient attack over BPDA: {worst_gap:+.3f} at "
+               f"{worst_detail} ({compared} comparisons, tolerance {tol:g})")
 
 
 def write_sanity_csv(results: list[SanityResult], path: Path) -> Path:
