@@ -340,3 +340,21 @@ def test_cli_trains_against_a_classifier_checkpoint(tmp_path, tiny_lenet):
     proc = run_cli("train", "purifier", "s2snet", "--dataset", "mnist", "--out",
                    str(tmp_path / "bad"))
     assert_one_line_error(proc, "--classifier")
+
+
+def test_input_gradient_is_nchw_for_colour_images():
+    """The fast path runs channels-last; attacks (torchattacks' PGD-L2) .view() the gradient."""
+    from aepurify.attacks import build_attack
+    from aepurify.models import create_classifier
+    from aepurify.purifiers import DefendedClassifier, create_purifier
+
+    torch.manual_seed(0)
+    purifier = create_purifier("s2snet", in_channels=3, image_size=32, width=8).eval()
+    defended = DefendedClassifier(create_classifier("small-cnn", dataset="cifar10"),
+                                  purifier).eval()
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    (grad,) = torch.autograd.grad(F.cross_entropy(defended(x), y), x)
+    assert grad.is_contiguous() and grad.abs().sum() > 0
+    x_adv = build_attack("pgd", defended, 0.5, "l2", {"steps": 2})(x.detach(), y)
+    assert x_adv.shape == x.shape and float((x_adv - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-4

@@ -85,6 +85,18 @@ class ConvBNReLU(nn.Module):
         return F.relu(F.conv2d(x, weight, bias, padding=1))
 
 
+class _NCHWGrad(torch.autograd.Function):
+    """Identity forward; backward returns the gradient as a contiguous NCHW tensor."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def _plain_stage(stage: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
     """A stage's blocks as conv, BatchNorm, ReLU in NCHW (no folding): the reference path."""
     for block in stage:
@@ -182,7 +194,9 @@ class S2SNet(Purifier):
         Shapes: x (N, C, H, W) in [0, 1] -> (N, c_last, H / 2^k, W / 2^k), k index tensors.
         """
         indices, sizes = [], []
-        h = x.contiguous(memory_format=torch.channels_last)
+        # channels-last inside, but the input gradient leaves in the caller's NCHW layout:
+        # attacks such as torchattacks' PGD-L2 call .view() on it
+        h = _NCHWGrad.apply(x).contiguous(memory_format=torch.channels_last)
         for stage in self.encoder:
             h = stage(h)
             sizes.append(h.shape[-2:])
