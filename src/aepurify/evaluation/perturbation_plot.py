@@ -83,15 +83,12 @@ def collect(rows: list[ResultRow], view: str, purifiers: list[str] | None = None
     n = min((r.n for group in chosen.values() for r in group), default=0)
     out: Series = defaultdict(dict)
     for (purifier, attack, eps), group in chosen.items():
-        if all(len(r.correct) >= n for r in group):
-            survived = np.logical_and.reduce([np.asarray(r.correct[:n], bool) for r in group])
-            acc, used = float(survived.mean()), n
-        else:  # rows without per-image results: the lowest row accuracy
-            acc, used = min(r.accuracy for r in group), min(r.n for r in group)
+        # every stored row keeps its per-image results, so the worst case is image by image
+        survived = np.logical_and.reduce([np.asarray(r.correct[:n], bool) for r in group])
         strongest = min(group, key=lambda r: r.accuracy)
-        out[(purifier, attack)][eps] = (float(strongest.details["mean_rel_l2"]), acc,
-                                        ";".join(sorted({r.threat_model for r in group}))
-                                        if len(group) > 1 else strongest.threat_model, used)
+        out[(purifier, attack)][eps] = (float(strongest.details["mean_rel_l2"]),
+                                        float(survived.mean()),
+                                        ";".join(sorted({r.threat_model for r in group})), n)
     return out
 
 

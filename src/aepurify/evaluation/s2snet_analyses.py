@@ -14,7 +14,6 @@ Both need an S2SNet entry in the config (``purifier``: its label, default ``s2sn
 from __future__ import annotations
 
 import csv
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +24,10 @@ from torch.nn import functional as F
 from ..attacks import build_attack
 from ..errors import ConfigError
 from ..purifiers import DefendedClassifier, Purifier
-from ..utils import batches, derive_seed, progress, seed_everything
+from ..utils import batches, derive_seed, parse_eps, progress, seed_everything
 from .analyses import ANALYSES, AnalysisResult
 from .report import fmt_eps
+from .runner import craft, predict
 
 if TYPE_CHECKING:
     from .runner import Experiment
@@ -43,12 +43,8 @@ def _s2snets(exp: Experiment, purifier: str) -> dict[str, Purifier]:
     return found  # type: ignore[return-value]
 
 
-@torch.no_grad()
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    model.eval()
-    correct = sum(int((model(x[sl]).argmax(1) == y[sl]).sum()) for sl in batches(len(x),
-                                                                                  batch_size))
-    return correct / max(len(x), 1)
+    return int((predict(model, x, batch_size) == y).sum()) / max(len(x), 1)
 
 
 def signal_transfer(exp: Experiment, rows: list[ResultRow], out_dir: Path,
@@ -79,8 +75,8 @@ def signal_transfer(exp: Experiment, rows: list[ResultRow], out_dir: Path,
     settings: list[tuple[str, dict[str, torch.Tensor]]] = [("clean", {b: x_all for b in targets})]
     if attack:
         try:  # eps as a number or a fraction such as 8/255, like the config's epsilons
-            name, eps = attack["name"], float(Fraction(str(attack["eps"]).replace(" ", "")))
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            name, eps = attack["name"], parse_eps(attack["eps"])
+        except (KeyError, TypeError, ValueError):
             raise ConfigError("s2snet-signal-transfer attack needs a name and an eps (a number "
                               f"or a fraction such as 8/255); got {attack!r}") from None
         norm, params = attack.get("norm", "linf"), attack.get("params", {})
@@ -88,9 +84,7 @@ def signal_transfer(exp: Experiment, rows: list[ResultRow], out_dir: Path,
         for b in targets:  # gray-box on the bare B: the S2SNet in front is unknown to it
             seed_everything(derive_seed(exp.config.seed, "s2snet-signal-transfer", b))
             atk = build_attack(name, exp.classifiers[b].module.eval(), eps, norm, params)
-            crafted[b] = torch.cat([atk(x_all[sl], y_all[sl]).detach() for sl in progress(
-                list(batches(len(x_all), bs)), desc=f"signal transfer: {name} on {b}",
-                unit="batch")])
+            crafted[b] = craft(atk, x_all, y_all, bs, f"signal transfer: {name} on {b}")
         settings.append((f"{name} {norm} eps={fmt_eps(eps)}, gray-box on B", crafted))
     matrix: dict[str, dict[str, dict[str, float]]] = {}
     for setting, inputs in settings:
@@ -169,10 +163,7 @@ def gradients(exp: Experiment, rows: list[ResultRow], out_dir: Path, purifier: s
     Raises:
         ConfigError: no purifier with that label.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the Agg backend is set by .report
 
     nets = _s2snets(exp, purifier)
     x, y = exp.test.tensors(slice(0, n), exp.device)
@@ -188,8 +179,9 @@ def gradients(exp: Experiment, rows: list[ResultRow], out_dir: Path, purifier: s
         stats[clf_label] = {"without S2SNet": _gradient_stats(g_bare),
                             "with S2SNet": _gradient_stats(g_def)}
         stats[clf_label]["with S2SNet"]["cosine_to_bare"] = float(cos.mean())
-        mags = {k: g.abs().flatten().cpu().numpy()
-                for k, g in (("without S2SNet", g_bare), ("with S2SNet", g_def))}
+        values = {k: g.flatten().cpu().numpy()  # one copy to the host per gradient
+                  for k, g in (("without S2SNet", g_bare), ("with S2SNet", g_def))}
+        mags = {k: np.abs(v) for k, v in values.items()}
         logs = {k: np.log10(v[v > 0]) for k, v in mags.items()}  # exact zeros: zero_fraction
         lo = min(float(np.percentile(v, 0.5)) for v in logs.values() if v.size)
         hi = max(float(v.max()) for v in logs.values() if v.size)
@@ -201,8 +193,7 @@ def gradients(exp: Experiment, rows: list[ResultRow], out_dir: Path, purifier: s
                ylabel="density")
         ax.legend(fontsize=8)
         ax = axes[i, 1]
-        for k, g in (("without S2SNet", g_bare), ("with S2SNet", g_def)):
-            v = g.flatten().cpu().numpy()
+        for k, v in values.items():
             z = v / (v.std() or 1.0)
             ax.hist(np.clip(z, -8, 8), bins=np.linspace(-8, 8, bins), density=True,
                     histtype="step", lw=1.5, log=True, label=k)

@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError, NotApplicableError
+from ..utils import batches
 from .base import Purifier
 
 if TYPE_CHECKING:
@@ -249,8 +250,7 @@ class APuDAE(Purifier):
             raise ConfigError("APuDAE calibration needs at least 2 clean images")
         was_training = self.training
         self.eval()
-        r = torch.cat([self.reconstruction_error(x[i:i + batch_size])
-                       for i in range(0, x.shape[0], batch_size)])
+        r = torch.cat([self.reconstruction_error(x[sl]) for sl in batches(x.shape[0], batch_size)])
         self.train(was_training)
         self.mu.fill_(float(r.mean()))
         self.sigma.fill_(max(float(r.std()), 1e-12))

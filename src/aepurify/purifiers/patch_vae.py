@@ -250,6 +250,9 @@ class VAE(_VariationalPurifier):
         return self.coder_loss(self.net, x)
 
 
+PATCHES_PER_IMAGE = 4  # default random training crops per image and patch size
+
+
 def patch_grid(size: int, patch: int, stride: int) -> tuple[int, int, int]:
     """The padded side that a grid of ``patch`` px patches at ``stride`` covers exactly, and
     the padding (before, after) that brings ``size`` to it, split evenly.
@@ -270,9 +273,10 @@ def random_patches(x: torch.Tensor, patch: int, per_image: int) -> torch.Tensor:
     padded by edge replication first, as at purification time.
     """
     n, _, h, w = x.shape
-    if h < patch or w < patch:
-        ph, pw = max(patch - h, 0), max(patch - w, 0)
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+    if h < patch or w < patch:  # the grid of stride-1 crops: no padding unless a side is short
+        _, top, bottom = patch_grid(h, patch, 1)
+        _, left, right = patch_grid(w, patch, 1)
+        x = F.pad(x, (left, right, top, bottom), mode="replicate")
         h, w = x.shape[-2:]
     m = n * per_image
     img = torch.arange(n, device=x.device).repeat_interleave(per_image)
@@ -331,7 +335,7 @@ class PatchVAE(_VariationalPurifier):
         self.smooth = float(smooth)
         self.coders = nn.ModuleList(patch_coder(in_channels, p, int(latent_dim), int(width))
                                     for p in sizes)
-        self.patches_per_image = 4
+        self.patches_per_image = PATCHES_PER_IMAGE
 
     def purify_size(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Reconstruction of x (N, C, H, W) with the VAE of ``patch_sizes[index]`` alone: pad,
@@ -378,7 +382,7 @@ class PatchVAE(_VariationalPurifier):
             ConfigError: an unknown or invalid ``extra`` option.
         """
         extra = dict(settings.extra)
-        per_image = extra.pop("patches_per_image", 4)
+        per_image = extra.pop("patches_per_image", PATCHES_PER_IMAGE)
         if extra:
             raise ConfigError(f"patch-vae: unknown train.extra option(s): {', '.join(extra)} "
                               "(known: patches_per_image)")

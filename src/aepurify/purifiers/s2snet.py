@@ -339,9 +339,7 @@ class S2SNet(Purifier):
         """
         from ..training.loops import run_minibatches
 
-        if target not in TARGETS:
-            raise ConfigError(f"s2snet target must be one of {', '.join(TARGETS)}; "
-                              f"got {target!r}")
+        _check_target(target)
         self.to(device)
         classifier.to(device).eval()
         frozen = [classifier, *self.frozen_modules()]
@@ -394,6 +392,12 @@ _STAGE1_DONE: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
 _STAGE1_KEEP = 4
 
 
+def _check_target(target: str) -> None:
+    """Raise ConfigError unless ``target`` is a stage-2 target (label or prediction)."""
+    if target not in TARGETS:
+        raise ConfigError(f"s2snet target must be one of {', '.join(TARGETS)}; got {target!r}")
+
+
 def _stage1_key(net: S2SNet, train: ImageDataset, settings: TrainSettings) -> str:
     """Hash of what determines stage 1: architecture, initial weights, settings, images."""
     h = hashlib.sha256()
@@ -401,8 +405,8 @@ def _stage1_key(net: S2SNet, train: ImageDataset, settings: TrainSettings) -> st
                         sort_keys=True, default=str).encode())
     for name, tensor in net.state_dict().items():
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(train.take(settings.max_images).images.contiguous().numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().numpy())  # hashed in place, no copy
+    h.update(train.take(settings.max_images).images.contiguous().numpy())
     return h.hexdigest()
 
 
@@ -423,8 +427,7 @@ def split_settings(settings: TrainSettings) -> tuple[TrainSettings, TrainSetting
         raise ConfigError(f"unknown s2snet training option(s) {', '.join(unknown)} in "
                           f"train.extra; known: {', '.join(STAGE2_KEYS)}")
     target = extra.pop("target", "label")
-    if target not in TARGETS:
-        raise ConfigError(f"s2snet target must be one of {', '.join(TARGETS)}; got {target!r}")
+    _check_target(target)
     stage1 = settings.model_copy(update={"extra": {}})
     update = {k.removeprefix("stage2_"): v for k, v in extra.items()}
     try:
