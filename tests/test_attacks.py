@@ -9,6 +9,7 @@ from torch import nn
 
 from aepurify.attacks import (EOT, BPDAClassifier, attack_module, bpda_purify, build_attack,
                               parse_threat_model, resolve_threat_model)
+from aepurify.attacks.threat_models import EOT_CHUNK_ACCELERATOR, EOT_CHUNK_CPU
 from aepurify.errors import ConfigError, NotApplicableError
 from aepurify.purifiers import DefendedClassifier, Purifier, create_purifier
 
@@ -71,6 +72,34 @@ def test_eot_averages_logits_over_draws(mnist_batch):
     linear = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     chunked = EOT(linear, samples=50, max_batch=32)  # several chunks of draws
     assert torch.allclose(chunked(x), linear(x), atol=1e-5)
+
+
+class _CallSizes(nn.Module):
+    """Records the batch size of every call; logits = first 10 pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return x.flatten(1)[:, :10]
+
+
+def test_eot_chunks_draws_by_device_on_cpu(mnist_batch):
+    x = mnist_batch[0][:100]
+    recorder = _CallSizes()
+    out = EOT(recorder, samples=20)(x)  # max_batch None: the CPU chunk size
+    assert max(recorder.sizes) <= EOT_CHUNK_CPU and sum(recorder.sizes) == 20 * 100
+    assert torch.allclose(out, x.flatten(1)[:, :10], atol=1e-6)
+    recorder.sizes.clear()
+    EOT(recorder, samples=20, max_batch=EOT_CHUNK_ACCELERATOR)(x)
+    assert recorder.sizes == [2000]  # all draws in one call
+    recorder.sizes.clear()
+    EOT(recorder, samples=3)(torch.rand(EOT_CHUNK_CPU + 1, 1, 28, 28))
+    assert recorder.sizes == [EOT_CHUNK_CPU + 1] * 3  # at least one draw per call
+    with pytest.raises(ConfigError, match="max_batch"):
+        EOT(recorder, samples=3, max_batch=0)
 
 
 def test_eot_threat_model_on_a_stochastic_purifier(tiny_lenet, mnist_batch):
