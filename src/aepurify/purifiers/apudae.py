@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError, NotApplicableError
 from ..utils import batches
-from .base import Purifier
+from .base import Purifier, batchnorm_affine
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -139,8 +139,7 @@ class REDNet(nn.Module):
         else:
             h = conv(h)
         h = F.relu(h)
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
+        scale, shift = batchnorm_affine(bn)
         return h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 

@@ -24,6 +24,15 @@ if TYPE_CHECKING:
     from ..training.settings import TrainSettings
 
 
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as a per-channel affine map: ``bn(h) == h * scale + shift`` with
+    ``scale = gamma / sqrt(var + eps)`` and ``shift = beta - mean * scale``, each of shape (C,).
+    The purifiers that run their networks many times per image (APuDAE's refinement, the S2SNet
+    under white-box attacks) fold it into a cheaper path."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
 class Purifier(Configurable, nn.Module):
     """Base class of every purifier.
 

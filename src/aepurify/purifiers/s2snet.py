@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .base import Purifier
+from .base import Purifier, batchnorm_affine
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -79,9 +79,9 @@ class ConvBNReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return F.relu(self.bn(self.conv(x)))
-        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+        scale, shift = batchnorm_affine(self.bn)
         weight = self.conv.weight * scale.view(-1, 1, 1, 1)
-        bias = (self.conv.bias - self.bn.running_mean) * scale + self.bn.bias
+        bias = self.conv.bias * scale + shift
         return F.relu(F.conv2d(x, weight, bias, padding=1))
 
 
@@ -337,15 +337,11 @@ class S2SNet(Purifier):
         Raises:
             ConfigError: unknown target.
         """
-        from ..training.loops import run_minibatches
+        from ..training.loops import frozen, run_minibatches
 
         _check_target(target)
         self.to(device)
-        classifier.to(device).eval()
-        frozen = [classifier, *self.frozen_modules()]
-        saved = [(p, p.requires_grad) for m in frozen for p in m.parameters()]
-        for p, _ in saved:
-            p.requires_grad_(False)
+        classifier.to(device)
 
         def signal_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
@@ -353,16 +349,14 @@ class S2SNet(Purifier):
                 t = y if target == "label" else classifier(x).argmax(1)
             return F.cross_entropy(classifier(self.decode(*code)), t)
 
+        # eval mode for the frozen parts: BatchNorm uses, and does not update, its statistics
         try:
-            for m in frozen:  # eval mode: BatchNorm uses, and does not update, its statistics
-                m.eval()
-            metrics = run_minibatches(
-                [p for m in self.stage2_modules() for p in m.parameters()], signal_loss, train,
-                settings, desc=f"s2snet stage 2 (signal, target={target})", device=device,
-                modules=self.stage2_modules())
+            with frozen(classifier, *self.frozen_modules()):
+                metrics = run_minibatches(
+                    [p for m in self.stage2_modules() for p in m.parameters()], signal_loss,
+                    train, settings, desc=f"s2snet stage 2 (signal, target={target})",
+                    device=device, modules=self.stage2_modules())
         finally:
-            for p, flag in saved:
-                p.requires_grad_(flag)
             self.eval()
         return {**metrics, "mse": self._probe_mse(train, device)}
 

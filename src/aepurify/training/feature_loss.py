@@ -15,8 +15,6 @@ on the same data set, or the defended classifier), d is MSE (Sivamani's perceptu
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -26,6 +24,7 @@ from torch.nn import functional as F
 
 from ..data import ImageDataset
 from ..errors import ConfigError
+from .loops import frozen
 from .pairs import PairOptions, PairPlan
 from .settings import TrainSettings
 
@@ -174,23 +173,6 @@ class FeatureTaps:
             for h in handles:
                 h.remove()
         return [found[k] for k in range(len(self.modules))]
-
-
-@contextmanager
-def frozen(*nets: nn.Module | None) -> Iterator[None]:
-    """Eval mode and no parameter gradients for ``nets`` while training; restored after."""
-    saved = []
-    unique = {id(net): net for net in nets if net is not None}  # hgd passes one net twice
-    for net in unique.values():
-        saved.append((net, net.training, [(p, p.requires_grad) for p in net.parameters()]))
-        net.eval().requires_grad_(False)
-    try:
-        yield
-    finally:
-        for net, mode, flags in saved:
-            net.train(mode)
-            for p, flag in flags:
-                p.requires_grad_(flag)
 
 
 def _network(spec: str | NetworkSpec, role: str, train: ImageDataset,

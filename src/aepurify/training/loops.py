@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -112,22 +113,35 @@ def fit_classifier(model: nn.Module, train: ImageDataset, settings: TrainSetting
                            modules=[model])
 
 
+@contextmanager
+def frozen(*nets: nn.Module | None) -> Iterator[None]:
+    """Eval mode and no parameter gradients for ``nets`` (the networks a loss reads but does not
+    train: the defended classifier, a feature extractor, frozen encoder stages) inside the
+    block; modes and flags restored after. ``None`` entries and repeats are ignored."""
+    saved = []
+    unique = {id(net): net for net in nets if net is not None}  # hgd passes one net twice
+    for net in unique.values():
+        saved.append((net, net.training, [(p, p.requires_grad) for p in net.parameters()]))
+        net.eval().requires_grad_(False)
+    try:
+        yield
+    finally:
+        for net, mode, flags in saved:
+            net.train(mode)
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
 def fit_purifier(purifier: nn.Module, train: ImageDataset, settings: TrainSettings,
                  classifier: nn.Module | None = None, device: torch.device | str = "cpu"
                  ) -> dict[str, Any]:
     """Train a purifier with its own ``training_loss``; the classifier stays frozen in eval
     mode. Returns training metrics."""
     purifier.to(device)
-    frozen = []
     if classifier is not None:
-        classifier.to(device).eval()
-        frozen = [(p, p.requires_grad) for p in classifier.parameters()]
-        classifier.requires_grad_(False)
-    try:
+        classifier.to(device)
+    with frozen(classifier):
         return run_minibatches(
             purifier.parameters(),
             lambda x, y: purifier.training_loss(x, y, classifier), train, settings,
             desc=f"train {type(purifier).__name__}", device=device, modules=[purifier])
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
