@@ -30,7 +30,6 @@ Config::
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from pathlib import Path
 from statistics import median
@@ -40,7 +39,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .analyses import ANALYSES, AnalysisResult
-from .report import CLEAN, fmt_eps, style_accuracy_axes
+from .report import CLEAN, fmt_eps, style_accuracy_axes, write_records_csv
 
 if TYPE_CHECKING:
     from .runner import Experiment
@@ -249,10 +248,7 @@ def accuracy_vs_perturbation(exp: Experiment, rows: list[ResultRow], out_dir: Pa
                 f"{c['mean_margin']:+.3f} | {c['min_margin']:+.3f} | "
                 f"{'holds' if c['holds'] else 'does not hold'} |")
     if records:
-        with open(out_dir / "accuracy-vs-perturbation.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
+        write_records_csv(records, list(records[0]), out_dir / "accuracy-vs-perturbation.csv")
         files.append("accuracy-vs-perturbation.csv")
         lines += ["", "Every point: `accuracy-vs-perturbation.csv`."]
     return AnalysisResult("Accuracy against perturbation size", "\n".join(lines), files,

@@ -7,7 +7,7 @@ import csv
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +31,13 @@ CLEAN = "none"
 
 def write_records_csv(records: Iterable[Any], columns: Sequence[str], path: Path,
                       convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Path:
-    """Write dataclass ``records`` as CSV rows with the header ``columns``; ``convert`` edits
-    each row's dict (formatting) before it is written. Returns ``path``."""
+    """Write ``records`` (dataclasses or dicts) as CSV rows with the header ``columns``;
+    ``convert`` edits each row's dict (formatting) before it is written. Returns ``path``."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         for record in records:
-            rec = asdict(record)
+            rec = asdict(record) if is_dataclass(record) else dict(record)
             writer.writerow(convert(rec) if convert else rec)
     return path
 
@@ -54,12 +54,7 @@ def style_accuracy_axes(ax: Any, xlabel: str, title: str) -> None:
 def write_csv(rows: list[ResultRow], path: Path) -> Path:
     """``results.csv`` with exactly the columns
     ``dataset,classifier,purifier,threat_model,attack,norm,eps,n,accuracy,seconds``."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row.csv_record())
-    return path
+    return write_records_csv((row.csv_record() for row in rows), COLUMNS, path)
 
 
 def fmt_eps(eps: float) -> str:

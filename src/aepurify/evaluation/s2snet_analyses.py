@@ -13,7 +13,6 @@ Both need an S2SNet entry in the config (``purifier``: its label, default ``s2sn
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from ..errors import ConfigError
 from ..purifiers import DefendedClassifier, Purifier
 from ..utils import batches, derive_seed, parse_eps, progress, seed_everything
 from .analyses import ANALYSES, AnalysisResult
-from .report import fmt_eps
+from .report import fmt_eps, write_records_csv
 from .runner import craft, predict
 
 if TYPE_CHECKING:
@@ -96,13 +95,12 @@ def signal_transfer(exp: Experiment, rows: list[ResultRow], out_dir: Path,
                 b: _accuracy(DefendedClassifier(exp.classifiers[b].module, net), inputs[b],
                              y_all, bs) for b in targets}
     path = out_dir / "s2snet-signal-transfer.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["setting", "purifier", "classifier", "n", "accuracy"])
-        for setting, table in matrix.items():
-            for row, accs in table.items():
-                for b, acc in accs.items():
-                    writer.writerow([setting, row, b, len(x_all), f"{acc:.4f}"])
+    write_records_csv(
+        ({"setting": setting, "purifier": row, "classifier": b, "n": len(x_all),
+          "accuracy": f"{acc:.4f}"}
+         for setting, table in matrix.items() for row, accs in table.items()
+         for b, acc in accs.items()),
+        ("setting", "purifier", "classifier", "n", "accuracy"), path)
     lines = [f"Accuracy of classifier B (columns) reading the reconstruction of the S2SNet "
              f"tuned for classifier A (rows), first {len(x_all)} test images. The diagonal is "
              "the defense as trained; off the diagonal the decoder's signal meets a classifier "
@@ -208,13 +206,11 @@ def gradients(exp: Experiment, rows: list[ResultRow], out_dir: Path, purifier: s
     csv_path = out_dir / "s2snet-gradients.csv"
     keys = ["mean_abs", "median_abs", "std", "excess_kurtosis", "zero_fraction",
             "mean_l2_per_image", "density", "cosine_to_bare"]
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["classifier", "setting", "n", *keys])
-        for clf_label, per in stats.items():
-            for setting, s in per.items():
-                writer.writerow([clf_label, setting, len(x),
-                                 *[f"{s[k]:.6g}" if k in s else "" for k in keys]])
+    write_records_csv(
+        ({"classifier": clf_label, "setting": setting, "n": len(x),
+          **{k: f"{s[k]:.6g}" if k in s else "" for k in keys}}
+         for clf_label, per in stats.items() for setting, s in per.items()),
+        ("classifier", "setting", "n", *keys), csv_path)
     lines = [f"Input gradients dCE/dx of the loss on the first {len(x)} test images, of the bare "
              "classifier and through its S2SNet. `density` is L1 / (L2 sqrt(d)) per image (1: "
              "spread evenly over the pixels; small: concentrated on few); `cosine` compares the "
