@@ -122,6 +122,47 @@ def test_changed_settings_recompute_only_affected_rows(tmp_path, monkeypatch):
     assert crafted and all(key[4] == "pgd" for key in crafted)
 
 
+def test_a_failing_row_is_reported_and_retried_not_fatal(tmp_path, monkeypatch):
+    import typer
+
+    from aepurify.cli import _exit_on_failed_rows
+
+    config, out = _write(tmp_path, TINY), tmp_path / "run"
+    real_craft = runner_mod.craft_cell
+
+    def broken_engine(exp, cell, *args):
+        if cell.key[2:5] == ("magnet", "white-box", "pgd"):
+            raise RuntimeError("view size is not compatible with input tensor's size\nmore")
+        return real_craft(exp, cell, *args)
+
+    monkeypatch.setattr(runner_mod, "craft_cell", broken_engine)
+    rows = evaluate(config, out)
+    keys = {r.key[2:5] for r in rows}
+    assert ("magnet", "white-box", "pgd") not in keys and ("magnet", "white-box", "fgsm") in keys
+    assert ("none", "gray-box", "pgd") in keys  # rows after the failure were computed
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "finished, 1 row(s) failed"
+    (failed,) = record["failed"]
+    assert "magnet white-box pgd" in failed["row"]
+    assert failed["error"] == ("RuntimeError: view size is not compatible with input tensor's "
+                               "size")
+    assert "Traceback" in (out / "errors.log").read_text()
+    assert "## Failed rows" in (out / "report.md").read_text()
+    with pytest.raises(typer.Exit) as exit_info:
+        _exit_on_failed_rows(out)
+    assert exit_info.value.exit_code == 1
+
+    crafted = []
+    monkeypatch.setattr(runner_mod, "craft_cell",
+                        lambda exp, cell, *a: crafted.append(cell.key) or real_craft(exp, cell, *a))
+    rows = evaluate(config, out)  # the rerun retries the failed row only
+    assert [k[2:5] for k in crafted] == [("magnet", "white-box", "pgd")]
+    assert ("magnet", "white-box", "pgd") in {r.key[2:5] for r in rows}
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "finished" and record["failed"] == []
+    _exit_on_failed_rows(out)  # nothing failed: no exit
+
+
 @pytest.mark.parametrize("mutate,message", [
     (lambda c: c["purifiers"].append({"name": "jpg"}), "purifiers[3]: unknown purifier 'jpg'"),
     (lambda c: c["attacks"].append({"name": "pgdd", "eps": [0.1]}),

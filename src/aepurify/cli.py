@@ -14,6 +14,7 @@ a config, images outside [0, 1]) ends with one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -156,6 +157,18 @@ def evaluate(
     _print_sanity(out)
     console.print(f"report: {out / 'report.md'} (and report.html)  results: "
                   f"{out / 'results.csv'}, {out / 'summary.csv'}")
+    _exit_on_failed_rows(out)
+
+
+def _exit_on_failed_rows(out: Path) -> None:
+    """Name the rows that raised (they are kept out of the tables) and exit 1."""
+    failed = json.loads((out / "run.json").read_text()).get("failed") or []
+    for f in failed:
+        console.print(f"[bold red]row failed[/]: {f['row']}: {f['error']}", highlight=False)
+    if failed:
+        console.print(f"{len(failed)} row(s) failed (tracebacks in {out / 'errors.log'}); run the "
+                      "same command again to retry them", highlight=False)
+        raise typer.Exit(1)
 
 
 def _print_sanity(out: Path) -> None:

@@ -71,13 +71,15 @@ def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
         rows = planned_rows(exp, store)
         analyses = run_analyses(exp, rows, store, out)
         examples = example_figures(exp, rows, store, out)
+    record["failed"] = exp.failed
     stochastic = {label: bool(t.module.stochastic) for (_, label), t in exp.purifiers.items()}
     summary = summarize(rows)
     sanity = run_checks(rows, exp.config, stochastic)
     write_outputs(rows, record, out, analyses, summary, sanity, examples)
     record["analyses"] = {a.title: a.data for a in analyses}
     record["sanity_failed"] = [f"{r.check}: {r.purifier}" for r in sanity if r.passed is False]
-    (out / "run.json").write_text(json.dumps({**record, "status": "finished"}, indent=2,
+    status = f"finished, {len(exp.failed)} row(s) failed" if exp.failed else "finished"
+    (out / "run.json").write_text(json.dumps({**record, "status": status}, indent=2,
                                              default=str) + "\n")
     return rows
 

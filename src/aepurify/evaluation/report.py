@@ -195,6 +195,13 @@ def write_markdown(rows: list[ResultRow], record: dict[str, Any], path: Path,
                   "budget."]
         for caption, name in examples:
             lines += ["", f"**{caption}**", "", f"![{caption}]({name})"]
+    if record.get("failed"):
+        lines += ["", "## Failed rows", "",
+                  "These rows raised an error and are not in the tables; `errors.log` has the "
+                  "tracebacks, and running the same command again retries them.", "",
+                  "| row | error |", "|---|---|"]
+        for f in record["failed"]:
+            lines.append(f"| {f['row']} | {f['error'].replace('|', '/')} |")
     if record.get("skipped"):
         lines += ["", "## Not evaluated", "", "| purifier | threat model | why |", "|---|---|---|"]
         for s in record["skipped"]:

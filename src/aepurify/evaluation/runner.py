@@ -12,6 +12,7 @@ import logging
 import platform
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,8 @@ class Experiment:
         purifiers: (classifier label, purifier label) -> ready purifier.
         cells: the planned rows, in run order.
         skipped: (purifier, threat model, reason) of combinations that do not apply.
+        failed: rows whose computation raised in this run (``row``, ``error``): not stored, so
+            the next run of the same output folder retries them.
     """
 
     config: ExperimentConfig
@@ -111,6 +114,7 @@ class Experiment:
     purifiers: dict[tuple[str, str], Trained]
     cells: list[Cell] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
 
     def defended(self, classifier: str, purifier: str) -> DefendedClassifier:
         """The defended classifier ``classifier(purifier(x))`` of two labels, in eval mode."""
@@ -272,52 +276,87 @@ def plan(exp: Experiment) -> tuple[list[Cell], list[dict[str, str]]]:
 
 
 def run_cells(exp: Experiment, store: ResultStore) -> None:
-    """Compute every cell not yet finished in ``store`` (commits after each row)."""
-    cfg = exp.config
+    """Compute every cell not yet finished in ``store`` (commits after each row).
+
+    A row whose computation raises (an attack engine's bug, memory) does not end the run: its
+    error goes to ``exp.failed`` in one line and its traceback to ``errors.log`` in the output
+    folder, the other rows go on, and a rerun retries it. Ctrl-C still stops the run.
+    """
     x_all, y_all = exp.test.tensors(slice(None), exp.device)
     todo = [c for c in exp.cells if not store.has(c.key, c.spec_hash)]
     if len(todo) < len(exp.cells):
         log.info("resuming: %d of %d rows already finished", len(exp.cells) - len(todo),
                  len(exp.cells))
-    shared: dict[tuple, tuple[list[torch.Tensor], float]] = {}
-    shared_for: tuple | None = None
+    shared = _SharedCrafts()
     for cell in progress(todo, desc="evaluate", total=len(todo), leave=True, unit="row"):
-        defended = exp.defended(cell.classifier, cell.purifier)
-        x, y = x_all[:cell.n], y_all[:cell.n]
-        start = time.perf_counter()
-        details = dict(cell.details)
-        if cell.attack is None:
-            seed_everything(derive_seed(cfg.seed, "eval", cell.key))
-            correct = (predict(defended, x, cfg.batch_size) == y).cpu().numpy()
-            seconds = time.perf_counter() - start
-        else:
-            group = (cell.attack_index, eps_key(cell.eps))
-            if group != shared_for:  # a new (attack, eps): drop the previous shared examples
-                shared.clear()
-                shared_for = group
-            owner = (cell.threat_model.base, *cell.craft_owner)  # type: ignore[union-attr]
-            if owner in shared:
-                advs, craft_seconds = shared[owner]
-            else:
-                advs, craft_seconds = craft_cell(exp, cell, defended, x, y)
-                if cell.shared:
-                    shared[owner] = (advs, craft_seconds)
-            eval_start = time.perf_counter()
-            correct = np.ones(cell.n, dtype=bool)
-            worst = advs[-1].clone()
-            for r, x_adv in enumerate(advs):
-                seed_everything(derive_seed(cfg.seed, "eval", cell.key, r))
-                ok = (predict(defended, x_adv, cfg.batch_size) == y).cpu().numpy()
-                newly_broken = torch.from_numpy(correct & ~ok).to(worst.device)
-                worst[newly_broken] = x_adv[newly_broken]
-                correct &= ok
-            details.update(perturbation_size(x, worst))
-            seconds = craft_seconds + time.perf_counter() - eval_start
+        try:
+            row, worst = _compute_cell(exp, cell, x_all[:cell.n], y_all[:cell.n], shared)
+        except Exception as exc:  # noqa: BLE001 - recorded, reported, retried on the next run
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            label = " ".join(str(k) for k in cell.key)
+            exp.failed.append({"row": label, "error": error})
+            log.error("row failed (%s): %s; the run goes on, errors.log has the traceback",
+                      label, error)
+            with open(exp.out_dir / "errors.log", "a") as f:
+                f.write(f"== {label}\n{traceback.format_exc()}\n")
+            continue
+        if worst is not None:
             store.put_examples(cell.key, worst[:EXAMPLES_PER_ROW].cpu().numpy())
-        c = cell.key
-        store.put(ResultRow(*c[:6], eps=c[6], n=len(correct), accuracy=float(correct.mean()),
-                            seconds=seconds, correct=correct, spec_hash=cell.spec_hash,
-                            details=details))
+        store.put(row)
+
+
+@dataclass
+class _SharedCrafts:
+    """Adversarial examples of the current (attack, eps) group, by craft owner, for the cells
+    that may reuse them (see :class:`Cell`); a new group drops the previous one's."""
+
+    group: tuple | None = None
+    by_owner: dict[tuple, tuple[list[torch.Tensor], float]] = field(default_factory=dict)
+
+    def enter(self, group: tuple) -> None:
+        if group != self.group:
+            self.by_owner.clear()
+            self.group = group
+
+
+def _compute_cell(exp: Experiment, cell: Cell, x: torch.Tensor, y: torch.Tensor,
+                  shared: _SharedCrafts) -> tuple[ResultRow, torch.Tensor | None]:
+    """One row: clean accuracy, or the cell's attack (crafted once per owner and shared, see
+    :class:`Cell`) evaluated per restart with the per-example worst case. Returns the row and
+    the worst adversarial images (None for a clean row)."""
+    cfg = exp.config
+    defended = exp.defended(cell.classifier, cell.purifier)
+    start = time.perf_counter()
+    details = dict(cell.details)
+    worst = None
+    if cell.attack is None:
+        seed_everything(derive_seed(cfg.seed, "eval", cell.key))
+        correct = (predict(defended, x, cfg.batch_size) == y).cpu().numpy()
+        seconds = time.perf_counter() - start
+    else:
+        shared.enter((cell.attack_index, eps_key(cell.eps)))
+        owner = (cell.threat_model.base, *cell.craft_owner)  # type: ignore[union-attr]
+        if owner in shared.by_owner:
+            advs, craft_seconds = shared.by_owner[owner]
+        else:
+            advs, craft_seconds = craft_cell(exp, cell, defended, x, y)
+            if cell.shared:
+                shared.by_owner[owner] = (advs, craft_seconds)
+        eval_start = time.perf_counter()
+        correct = np.ones(cell.n, dtype=bool)
+        worst = advs[-1].clone()
+        for r, x_adv in enumerate(advs):
+            seed_everything(derive_seed(cfg.seed, "eval", cell.key, r))
+            ok = (predict(defended, x_adv, cfg.batch_size) == y).cpu().numpy()
+            newly_broken = torch.from_numpy(correct & ~ok).to(worst.device)
+            worst[newly_broken] = x_adv[newly_broken]
+            correct &= ok
+        details.update(perturbation_size(x, worst))
+        seconds = craft_seconds + time.perf_counter() - eval_start
+    c = cell.key
+    row = ResultRow(*c[:6], eps=c[6], n=len(correct), accuracy=float(correct.mean()),
+                    seconds=seconds, correct=correct, spec_hash=cell.spec_hash, details=details)
+    return row, worst
 
 
 def perturbation_size(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, float]:
