@@ -29,6 +29,7 @@ CASES = [
     ("fab", "linf", 0.3, {"steps": 5}),
     ("square", "linf", 0.3, {"n_queries": 300}),
     ("autoattack", "linf", 0.3, {}),
+    ("autoattack", "l2", 3.0, {"version": "rand"}),  # APGD-CE and APGD-DLR, 20 EOT draws
 ]
 
 
@@ -37,7 +38,8 @@ def test_every_registered_attack_is_covered():
 
 
 @pytest.mark.parametrize("name,norm,eps,params", CASES,
-                         ids=[f"{c[0]}-{c[1]}" for c in CASES])
+                         ids=[f"{c[0]}-{c[1]}" + (f"-{c[3]['version']}" if "version" in c[3] else "")
+                              for c in CASES])
 def test_attack_within_budget_lowers_accuracy(tiny_lenet, mnist_batch, name, norm, eps, params):
     x, y = mnist_batch[0][:48], mnist_batch[1][:48]
     torch.manual_seed(0)
