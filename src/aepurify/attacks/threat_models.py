@@ -150,8 +150,9 @@ class BPDAClassifier(nn.Module):
 
 
 # Images per EOT chunk. On a CPU a batch past a few hundred 32x32 images falls out of the
-# caches: APuDAE's refinement runs about 4x slower per image at 2,000 images than at 250
-# (benchmarks/eot_chunking.py measures it); an accelerator wants large batches.
+# caches: one bpda+eot gradient of APuDAE took 3.6x longer with all 2,000 images (100 x 20
+# draws) in one call than in chunks of 256 (benchmarks/eot_chunking.py); an accelerator wants
+# large batches.
 EOT_CHUNK_CPU = 256
 EOT_CHUNK_ACCELERATOR = 4096
 
