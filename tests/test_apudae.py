@@ -228,7 +228,7 @@ def test_grid_rows_under_every_threat_model(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
-    rows = evaluate(path, out)
+    rows = evaluate(path, out).rows
     with open(out / "results.csv") as f:
         seen = {(r["purifier"], r["threat_model"], r["attack"]) for r in csv.DictReader(f)}
     assert {("apudae", "none", "none"), ("apudae", "gray-box", "fgsm"),

@@ -10,7 +10,7 @@ import yaml
 
 from aepurify.errors import ConfigError
 from aepurify.evaluation import evaluate, load_config
-from aepurify.evaluation import runner as runner_mod
+from aepurify.evaluation import run as run_mod
 from aepurify.evaluation.store import ResultStore
 
 TINY = {
@@ -42,7 +42,7 @@ def _write(tmp_path, config):
 
 def test_grid_writes_all_outputs(tmp_path):
     out = tmp_path / "run"
-    rows = evaluate(_write(tmp_path, TINY), out)
+    rows = evaluate(_write(tmp_path, TINY), out).rows
     with open(out / "results.csv") as f:
         records = list(csv.DictReader(f))
     assert list(records[0]) == ["dataset", "classifier", "purifier", "threat_model", "attack",
@@ -90,15 +90,15 @@ def test_killed_run_resumes_without_recomputing(tmp_path, monkeypatch):
     assert len(first) == 5
 
     crafted = []
-    real_craft = runner_mod.craft_cell
+    real_craft = run_mod.craft_cell
 
     def counting_craft(exp, cell, *args):
         crafted.append(cell.key)
         return real_craft(exp, cell, *args)
 
     monkeypatch.setattr(ResultStore, "put", real_put)
-    monkeypatch.setattr(runner_mod, "craft_cell", counting_craft)
-    rows = evaluate(config, out)
+    monkeypatch.setattr(run_mod, "craft_cell", counting_craft)
+    rows = evaluate(config, out).rows
     assert not set(crafted) & set(first)  # nothing finished before the kill was redone
     by_key = {r.key: r for r in rows}
     for key, row in first.items():
@@ -115,8 +115,8 @@ def test_changed_settings_recompute_only_affected_rows(tmp_path, monkeypatch):
     changed = json.loads(json.dumps(TINY))
     changed["attacks"][1]["params"]["steps"] = 4
     crafted = []
-    real_craft = runner_mod.craft_cell
-    monkeypatch.setattr(runner_mod, "craft_cell",
+    real_craft = run_mod.craft_cell
+    monkeypatch.setattr(run_mod, "craft_cell",
                         lambda exp, cell, *a: crafted.append(cell.key) or real_craft(exp, cell, *a))
     evaluate(_write(tmp_path, changed), out)
     assert crafted and all(key[4] == "pgd" for key in crafted)
@@ -128,15 +128,16 @@ def test_a_failing_row_is_reported_and_retried_not_fatal(tmp_path, monkeypatch):
     from aepurify.cli import _exit_on_failed_rows
 
     config, out = _write(tmp_path, TINY), tmp_path / "run"
-    real_craft = runner_mod.craft_cell
+    real_craft = run_mod.craft_cell
 
     def broken_engine(exp, cell, *args):
         if cell.key[2:5] == ("magnet", "white-box", "pgd"):
             raise RuntimeError("view size is not compatible with input tensor's size\nmore")
         return real_craft(exp, cell, *args)
 
-    monkeypatch.setattr(runner_mod, "craft_cell", broken_engine)
-    rows = evaluate(config, out)
+    monkeypatch.setattr(run_mod, "craft_cell", broken_engine)
+    result = evaluate(config, out)
+    rows = result.rows
     keys = {r.key[2:5] for r in rows}
     assert ("magnet", "white-box", "pgd") not in keys and ("magnet", "white-box", "fgsm") in keys
     assert ("none", "gray-box", "pgd") in keys  # rows after the failure were computed
@@ -149,18 +150,20 @@ def test_a_failing_row_is_reported_and_retried_not_fatal(tmp_path, monkeypatch):
     assert "Traceback" in (out / "errors.log").read_text()
     assert "## Failed rows" in (out / "report.md").read_text()
     with pytest.raises(typer.Exit) as exit_info:
-        _exit_on_failed_rows(out)
+        _exit_on_failed_rows(result.failed, out)
     assert exit_info.value.exit_code == 1
 
     crafted = []
-    monkeypatch.setattr(runner_mod, "craft_cell",
+    monkeypatch.setattr(run_mod, "craft_cell",
                         lambda exp, cell, *a: crafted.append(cell.key) or real_craft(exp, cell, *a))
-    rows = evaluate(config, out)  # the rerun retries the failed row only
+    result = evaluate(config, out)  # the rerun retries the failed row only
+    rows = result.rows
     assert [k[2:5] for k in crafted] == [("magnet", "white-box", "pgd")]
     assert ("magnet", "white-box", "pgd") in {r.key[2:5] for r in rows}
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "finished" and record["failed"] == []
-    _exit_on_failed_rows(out)  # nothing failed: no exit
+    assert result.failed == []
+    _exit_on_failed_rows(result.failed, out)  # nothing failed: no exit
 
 
 @pytest.mark.parametrize("mutate,message", [
@@ -223,7 +226,7 @@ def test_two_classifiers_transfer_and_per_attack_limits(tmp_path):
         "analyses": [{"name": "count-rows-test", "params": {"scale": 2}}],
     }
     out = tmp_path / "run"
-    rows = evaluate(_write(tmp_path, config), out)
+    rows = evaluate(_write(tmp_path, config), out).rows
     with open(out / "results.csv") as f:
         records = list(csv.DictReader(f))
     assert {r["classifier"] for r in records} == {"lenet", "small-cnn"}
@@ -288,7 +291,7 @@ def test_sanity_checks_flag_masking_and_say_why():
         _row("p", "white-box", "fgsm", eps, [1] * 6 + [0] * 4),  # exact gradient weaker than
         _row("p", "bpda", "fgsm", eps, [1] * 2 + [0] * 8),       # the identity surrogate: masked
     ]
-    results = {r.check: r for r in run_checks(rows, config, {"p": True})}
+    results = {r.check: r for r in run_checks(rows, config.sanity, {"p": True})}
     assert set(results) == {"large-eps", "more-iterations", "more-restarts",
                             "square-vs-gradient", "white-box-vs-gray-box", "white-box-vs-bpda",
                             "eot-samples"}
@@ -333,7 +336,7 @@ def test_outputs_of_the_rigorous_protocol(tmp_path):
 
 
 def test_sanity_attacks_on_a_random_purifier_use_n_test_random(tmp_path):
-    from aepurify.evaluation.runner import prepare
+    from aepurify.evaluation.experiment import prepare
 
     config = json.loads(json.dumps(TINY))
     config["purifiers"] = [
@@ -344,7 +347,7 @@ def test_sanity_attacks_on_a_random_purifier_use_n_test_random(tmp_path):
     config["sanity"] = {"enabled": True, "n_test": 40, "n_test_random": 10}
     exp = prepare(load_config(_write(tmp_path, config)), tmp_path / "run")
     sanity = [c for c in exp.cells if c.attack is not None
-              and c.attack.row_label.startswith("sanity-")]
+              and c.attack.label.startswith("sanity-")]
     assert {c.n for c in sanity if c.purifier == "vae"} == {10}  # random: EOT makes it costly
     assert {c.n for c in sanity if c.purifier == "jpeg"} == {40}
     assert {c.threat_model.name for c in sanity if c.purifier == "vae"} >= {"white-box+eot"}

@@ -14,7 +14,6 @@ a config, images outside [0, 1]) ends with one line on stderr and exit status 2.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -147,42 +146,25 @@ def evaluate(
     device: Annotated[Optional[str], typer.Option(help="Override the config's device.")] = None,
 ) -> None:
     """Run a config's grid; write results.db, results.csv, report.md and plots to --out."""
-    from .evaluation import console_table
     from .evaluation import evaluate as run
+    from .evaluation import print_summary, summary_console
     from .resources import find_config
 
-    rows = run(find_config(config), out, n_test=n_test, data_dir=data_dir, cache_dir=cache_dir,
-               device=device)
-    console_table(rows)
-    _print_sanity(out)
-    console.print(f"report: {out / 'report.md'} (and report.html)  results: "
-                  f"{out / 'results.csv'}, {out / 'summary.csv'}")
-    _exit_on_failed_rows(out)
+    result = run(find_config(config), out, n_test=n_test, data_dir=data_dir, cache_dir=cache_dir,
+                 device=device)
+    print_summary(summary_console(), result.summary, result.sanity, result.failed,
+                  problems=summary_console(stderr=True))
+    console.print(f"report: {out / 'report.md'} (and report.html)\n"
+                  f"results: {out / 'results.csv'}, {out / 'summary.csv'}", highlight=False)
+    _exit_on_failed_rows(result.failed, out)
 
 
-def _exit_on_failed_rows(out: Path) -> None:
-    """Name the rows that raised (they are kept out of the tables) and exit 1."""
-    failed = json.loads((out / "run.json").read_text()).get("failed") or []
-    for f in failed:
-        console.print(f"[bold red]row failed[/]: {f['row']}: {f['error']}", highlight=False)
+def _exit_on_failed_rows(failed: list, out: Path) -> None:
+    """After the failed rows were named (they are kept out of the tables): exit 1."""
     if failed:
         console.print(f"{len(failed)} row(s) failed (tracebacks in {out / 'errors.log'}); run the "
                       "same command again to retry them", highlight=False)
         raise typer.Exit(1)
-
-
-def _print_sanity(out: Path) -> None:
-    """Failed gradient-masking checks, so none fails silently."""
-    import csv
-
-    path = out / "sanity.csv"
-    if not path.is_file():
-        return
-    with open(path) as f:
-        failed = [r for r in csv.DictReader(f) if r["passed"] == "false"]
-    for r in failed:
-        console.print(f"[bold red]sanity check failed[/]: {r['check']} ({r['purifier']}): "
-                      f"{r['detail']}", highlight=False)
 
 
 @app.command()

@@ -33,6 +33,7 @@ from ..models import CLASSIFIERS
 from ..purifiers import PURIFIERS
 from ..training.settings import TrainSettings
 from ..utils import parse_eps
+from .store import SANITY_PREFIX
 
 
 class _Strict(BaseModel):
@@ -176,9 +177,6 @@ class SanitySettings(_Strict):
     @classmethod
     def _fraction(cls, value: Any) -> Any:
         return None if value is None else parse_eps(value)
-
-
-SANITY_PREFIX = "sanity-"
 
 
 class AnalysisEntry(_Strict):

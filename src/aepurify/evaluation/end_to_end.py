@@ -28,11 +28,11 @@ import numpy as np
 from ..errors import ConfigError
 from ..utils import parse_eps
 from .analyses import ANALYSES, AnalysisResult
-from .report import fmt_eps
+from .formats import fmt_eps, md_text
 from .store import eps_key
 
 if TYPE_CHECKING:
-    from .runner import Experiment
+    from .experiment import Experiment
     from .store import ResultRow
 
 NAME = "end-to-end"
@@ -89,7 +89,8 @@ def end_to_end(exp: Experiment, rows: list[ResultRow], out_dir: Path, attack: st
 
     selected = [r for r in rows if matches(r)]
     gray = {(r.classifier, r.purifier): r for r in selected if r.threat_model == "gray-box"}
-    lines = [f"Robust accuracy under `{attack}` {norm} eps {fmt_eps(eps)}: the attacker ignores the "
+    lines = [f"Robust accuracy under {md_text(attack)} {md_text(norm)} eps {fmt_eps(eps)}: the "
+             "attacker ignores the "
              "purifier (gray-box) or differentiates through it (white-box, bpda). Verdict on "
              "\"cannot be trivially trained end-to-end by the attacker\": `holds` if the end-to-"
              "end attack costs at most 0.05 against gray-box, `does not hold` if it removes more "
@@ -117,15 +118,15 @@ def end_to_end(exp: Experiment, rows: list[ResultRow], out_dir: Path, attack: st
         def cell(v: float | None) -> str:
             return "-" if v is None else f"{v:.3f}"
 
-        lines.append(f"| {clf} | {pur} | {n} | {cell(undefended)} | {gray_acc:.3f} | "
-                     f"{cell(by_tm.get('white-box'))} | {cell(by_tm.get('bpda'))} | "
-                     f"{worst:.3f} ({worst_tm}) | {said} |")
+        lines.append(f"| {md_text(clf)} | {md_text(pur)} | {n} | {cell(undefended)} | "
+                     f"{gray_acc:.3f} | {cell(by_tm.get('white-box'))} | "
+                     f"{cell(by_tm.get('bpda'))} | {worst:.3f} ({md_text(worst_tm)}) | {said} |")
         data[f"{clf}/{pur}"] = {"n": n, "undefended": undefended, "gray-box": gray_acc,
                                 **by_tm, "worst": worst, "worst_threat_model": worst_tm,
                                 "verdict": said}
     if not data:
         lines.append(f"| - | - | - | - | - | - | - | - | no purifier has gray-box and end-to-end "
-                     f"rows for {attack} {norm} {fmt_eps(eps)} |")
+                     f"rows for {md_text(attack)} {md_text(norm)} {fmt_eps(eps)} |")
     return AnalysisResult("End-to-end attack versus gray-box", "\n".join(lines), [], data)
 
 

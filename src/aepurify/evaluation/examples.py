@@ -3,7 +3,6 @@ strongest attack each defense met at its largest budget."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,13 +14,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..utils import derive_seed, seed_everything  # noqa: E402
-from .config import SANITY_PREFIX  # noqa: E402
-from .store import ResultRow, ResultStore  # noqa: E402
+from .formats import safe_file_name  # noqa: E402
+from .report.plots import plain  # noqa: E402
+from .store import CLEAN, SANITY_PREFIX, ResultRow, ResultStore  # noqa: E402
 
 if TYPE_CHECKING:
-    from .runner import Experiment
-
-CLEAN = "none"
+    from .run import Workload
 
 
 def pick_rows(rows: list[ResultRow]) -> dict[tuple[str, str], ResultRow]:
@@ -49,24 +47,26 @@ def _show(ax, img: np.ndarray, title: str) -> None:  # noqa: ANN001
     ax.axis("off")
 
 
-def example_figures(exp: Experiment, rows: list[ResultRow], store: ResultStore,
+def example_figures(work: Workload, rows: list[ResultRow], store: ResultStore,
                     out_dir: Path) -> list[tuple[str, str]]:
-    """Write ``examples-<classifier>-<purifier>.png`` figures.
+    """Write ``examples-<classifier>-<purifier>.png`` figures from the adversarial images the
+    run stage kept in ``store``.
 
     Returns:
-        (caption, file name) for each figure written.
+        (caption, file name) for each figure written; the caption quotes labels as they are
+        (escape it before it goes into markdown).
     """
     written = []
-    classes = exp.test.classes
+    classes = work.classes
     for (clf, pur), row in pick_rows(rows).items():
         adv = store.examples(row.key)
         if adv is None:
             continue
         k = adv.shape[0]
-        x, y = exp.test.tensors(slice(0, k), exp.device)
-        x_adv = torch.from_numpy(adv).to(exp.device).clamp(0, 1)
-        defended = exp.defended(clf, pur)
-        seed_everything(derive_seed(exp.config.seed, "examples", row.key))
+        x, y = work.x[:k], work.y[:k]
+        x_adv = torch.from_numpy(adv).to(work.device).clamp(0, 1)
+        defended = work.defended(clf, pur)
+        seed_everything(derive_seed(work.seed, "examples", row.key))
         with torch.no_grad():
             purified = defended.purifier(x_adv)
             pred = defended(x_adv).argmax(1)
@@ -74,14 +74,15 @@ def example_figures(exp: Experiment, rows: list[ResultRow], store: ResultStore,
         scale = float(diff.max()) or 1.0
         fig, axes = plt.subplots(k, 4, figsize=(4 * 1.3, k * 1.45), squeeze=False)
         for i in range(k):
-            _show(axes[i][0], x[i].cpu().numpy(), f"clean: {classes[int(y[i])]}")
-            _show(axes[i][1], x_adv[i].cpu().numpy(), f"adversarial -> {classes[int(pred[i])]}")
+            _show(axes[i][0], x[i].cpu().numpy(), plain(f"clean: {classes[int(y[i])]}"))
+            _show(axes[i][1], x_adv[i].cpu().numpy(),
+                  plain(f"adversarial -> {classes[int(pred[i])]}"))
             _show(axes[i][2], purified[i].cpu().numpy(), "purified")
             _show(axes[i][3], (diff[i] / scale).cpu().numpy(), f"|delta| x{1 / scale:.1f}")
-        fig.suptitle(f"{pur} ({clf}): {row.threat_model} {row.attack} {row.norm} eps {row.eps:g}",
-                     fontsize=8)
+        fig.suptitle(plain(f"{pur} ({clf}): {row.threat_model} {row.attack} {row.norm} "
+                           f"eps {row.eps:g}"), fontsize=8)
         fig.tight_layout()
-        name = "examples-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{clf}-{pur}") + ".png"
+        name = "examples-" + safe_file_name(f"{clf}-{pur}") + ".png"
         fig.savefig(out_dir / name, dpi=100)
         plt.close(fig)
         written.append((f"{pur} ({clf}), {row.threat_model} {row.attack} {row.norm} "

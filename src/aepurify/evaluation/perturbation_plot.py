@@ -39,10 +39,12 @@ import numpy as np
 
 from ..errors import ConfigError
 from .analyses import ANALYSES, AnalysisResult
-from .report import CLEAN, fmt_eps, style_accuracy_axes, write_records_csv
+from .formats import fmt_eps, md_text, safe_file_name, write_records_csv
+from .report.plots import style_accuracy_axes
+from .store import CLEAN
 
 if TYPE_CHECKING:
-    from .runner import Experiment
+    from .experiment import Experiment
     from .store import ResultRow
 
 NAME = "accuracy-vs-perturbation"
@@ -124,7 +126,7 @@ def claim_check(series: Series, attack: str, compare: list[str], baselines: list
 
 def _plot(series: Series, clean: dict[str, float], attacks: list[str], title: str,
           path: Path) -> None:
-    import matplotlib.pyplot as plt  # the Agg backend is set by .report
+    import matplotlib.pyplot as plt  # the Agg backend is set by .report.plots
 
     purifiers = list(dict.fromkeys(p for p, _ in series))
     colours = {p: plt.cm.tab10(i % 10) for i, p in enumerate(p for p in purifiers if p != CLEAN)}
@@ -215,14 +217,14 @@ def accuracy_vs_perturbation(exp: Experiment, rows: list[ResultRow], out_dir: Pa
             series = collect(clf_rows, view, purifiers, all_attacks)
             panels = [a for a in all_attacks if any(k[1] == a for k in series)]
             if not panels:
-                lines += ["", f"No rows with a perturbation size for view `{view}`."]
+                lines += ["", f"No rows with a perturbation size for view {md_text(view)}."]
                 continue
             stem = f"accuracy-vs-l2-{view.replace('+', '_')}"
-            name = f"{stem}-{clf}.png" if several else f"{stem}.png"
+            name = safe_file_name(f"{stem}-{clf}.png" if several else f"{stem}.png")
             _plot(series, clean, panels, view if not several else f"{clf}, {view}",
                   out_dir / name)
             files.append(name)
-            lines += ["", f"![accuracy versus normalised L2, {view}]({name})"]
+            lines += ["", f"![accuracy versus normalised L2, {md_text(view)}]({name})"]
             for (pur, attack), points in series.items():
                 for eps, (rel, acc, tm, n) in sorted(points.items()):
                     records.append({"classifier": clf, "view": view, "purifier": pur,
@@ -236,14 +238,16 @@ def accuracy_vs_perturbation(exp: Experiment, rows: list[ResultRow], out_dir: Pa
                     checks.append({"classifier": clf, "view": view, "moderate_eps": start, **c})
     if checks:
         lines += ["", f"Claim check: at each epsilon from `moderate_eps` up, the defense's "
-                  f"accuracy minus the best of {', '.join(baselines)} at that epsilon (the claim "
+                  f"accuracy minus the best of {md_text(', '.join(baselines))} at that epsilon "
+                  "(the claim "
                   f"holds at an epsilon when the margin is at least -{float(tolerance):g}).", "",
                   "| classifier | view | attack | defense | eps range | holds at | mean margin "
                   "| worst margin | claim |", "|---|---|---|---|---|---:|---:|---:|---|"]
         for c in checks:
             eps = [p["eps"] for p in c["points"]]
             lines.append(
-                f"| {c['classifier']} | {c['view']} | {c['attack']} | {c['purifier']} | "
+                f"| {md_text(c['classifier'])} | {md_text(c['view'])} | {md_text(c['attack'])} | "
+                f"{md_text(c['purifier'])} | "
                 f"{fmt_eps(min(eps))} to {fmt_eps(max(eps))} | {c['held']}/{c['total']} | "
                 f"{c['mean_margin']:+.3f} | {c['min_margin']:+.3f} | "
                 f"{'holds' if c['holds'] else 'does not hold'} |")

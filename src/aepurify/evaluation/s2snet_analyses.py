@@ -25,11 +25,11 @@ from ..errors import ConfigError
 from ..purifiers import DefendedClassifier, Purifier
 from ..utils import batches, derive_seed, parse_eps, progress, seed_everything
 from .analyses import ANALYSES, AnalysisResult
-from .report import fmt_eps, write_records_csv
-from .runner import craft, predict
+from .formats import fmt_eps, md_text, write_records_csv
+from .run import craft, predict
 
 if TYPE_CHECKING:
-    from .runner import Experiment
+    from .experiment import Experiment
     from .store import ResultRow
 
 
@@ -106,10 +106,12 @@ def signal_transfer(exp: Experiment, rows: list[ResultRow], out_dir: Path,
              "the defense as trained; off the diagonal the decoder's signal meets a classifier "
              "it was not tuned for."]
     for setting, table in matrix.items():
-        lines += ["", f"**{setting}**", "", "| | " + " | ".join(targets) + " |",
+        lines += ["", f"**{md_text(setting)}**", "",
+                  "| | " + " | ".join(md_text(t) for t in targets) + " |",
                   "|---|" + "---:|" * len(targets)]
         for row, accs in table.items():
-            lines.append(f"| {row} | " + " | ".join(f"{accs[b]:.4f}" for b in targets) + " |")
+            lines.append(f"| {md_text(row)} | " + " | ".join(f"{accs[b]:.4f}" for b in targets)
+                         + " |")
     return AnalysisResult("S2SNet signal transfer", "\n".join(lines), [path.name],
                           {"n": len(x_all), "matrix": matrix})
 
@@ -161,7 +163,7 @@ def gradients(exp: Experiment, rows: list[ResultRow], out_dir: Path, purifier: s
     Raises:
         ConfigError: no purifier with that label.
     """
-    import matplotlib.pyplot as plt  # the Agg backend is set by .report
+    import matplotlib.pyplot as plt  # the Agg backend is set by .report.plots
 
     nets = _s2snets(exp, purifier)
     x, y = exp.test.tensors(slice(0, n), exp.device)
@@ -221,7 +223,7 @@ def gradients(exp: Experiment, rows: list[ResultRow], out_dir: Path, purifier: s
     for clf_label, per in stats.items():
         for setting, s in per.items():
             cos_text = f"{s['cosine_to_bare']:.3f}" if "cosine_to_bare" in s else "-"
-            lines.append(f"| {clf_label} | {setting} | {s['mean_abs']:.3g} | "
+            lines.append(f"| {md_text(clf_label)} | {setting} | {s['mean_abs']:.3g} | "
                          f"{s['median_abs']:.3g} | {s['excess_kurtosis']:.3g} | "
                          f"{s['zero_fraction']:.3f} | {s['mean_l2_per_image']:.3g} | "
                          f"{s['density']:.3f} | {cos_text} |")

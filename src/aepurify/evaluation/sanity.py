@@ -21,13 +21,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import SANITY_PREFIX, ExperimentConfig
-from .report import write_records_csv
-from .store import ResultRow, eps_key
+from .formats import write_records_csv
+from .store import CLEAN, SANITY_PREFIX, ResultRow, eps_key
 
-CLEAN = "none"
+if TYPE_CHECKING:
+    from .config import SanitySettings
+
 SANITY_COLUMNS = ("check", "dataset", "classifier", "purifier", "passed", "detail")
 PURIFIER_GRADIENT_BASES = ("white-box", "bpda", "adaptive")
 
@@ -58,24 +59,41 @@ def _pair(a: ResultRow, b: ResultRow) -> tuple[float, float, int]:
     return _acc(a, n), _acc(b, n), n
 
 
-def run_checks(rows: list[ResultRow], config: ExperimentConfig,
+def sanity_budgets(rows: list[ResultRow], settings: SanitySettings) -> tuple[float, float] | None:
+    """The (eps, large eps) the sanity attacks ran at, read from their rows: the few-step PGD
+    and Square rows run at eps only, the many-step PGD at eps and at the large budget. None
+    when there are no sanity rows."""
+    few, many = settings.steps[0], settings.steps[-1]
+    at_eps = {f"{SANITY_PREFIX}pgd-{few}", f"{SANITY_PREFIX}pgd-{few}x{settings.restarts}",
+              f"{SANITY_PREFIX}square-{settings.square_queries}"}
+    eps = next((r.eps for r in rows if r.attack in at_eps), None)
+    if eps is None:
+        return None
+    many_eps = sorted({eps_key(r.eps) for r in rows if r.attack == f"{SANITY_PREFIX}pgd-{many}"})
+    return eps, next((e for e in many_eps if e != eps_key(eps)), eps)
+
+
+def run_checks(rows: list[ResultRow], settings: SanitySettings,
                stochastic: dict[str, bool]) -> list[SanityResult]:
     """All checks for every (classifier, purifier) of the rows.
 
+    Reads rows only: the sanity attacks' budgets come from their rows (see
+    :func:`sanity_budgets`), the rest from ``settings``.
+
     Args:
         rows: the finished rows of the grid (sanity rows included when enabled).
-        config: the experiment config (sanity settings).
+        settings: tolerances, step counts and queries of the sanity attacks.
         stochastic: purifier label -> declared stochastic.
     """
-    s = config.sanity
+    s = settings
     tol = s.tolerance
     by_defense: dict[tuple[str, str, str], list[ResultRow]] = defaultdict(list)
     for r in rows:
         if r.attack != CLEAN:
             by_defense[(r.dataset, r.classifier, r.purifier)].append(r)
     out: list[SanityResult] = []
-    sanity_attacks = {a.row_label: a for a in config.sanity_attacks()}
     few, many = s.steps[0], s.steps[-1]
+    budgets = sanity_budgets(rows, s) if s.enabled else None
     for (dataset, clf, pur), group in by_defense.items():
         def result(check: str, passed: bool | None, detail: str) -> None:
             out.append(SanityResult(check, dataset, clf, pur, passed, detail))
@@ -85,9 +103,8 @@ def run_checks(rows: list[ResultRow], config: ExperimentConfig,
                          eps_key(r.eps) == eps_key(eps)), None)
 
         if s.enabled:
-            pgd_many = sanity_attacks[f"{SANITY_PREFIX}pgd-{many}"]
-            eps, large = pgd_many.eps[0], pgd_many.eps[-1]
-            big = find(pgd_many.row_label, large)
+            eps, large = budgets or (float("nan"), float("nan"))  # no rows: the checks say so
+            big = find(f"{SANITY_PREFIX}pgd-{many}", large)
             if big is None:
                 result("large-eps", None, "no row: the sanity threat model does not apply")
             else:
@@ -95,7 +112,7 @@ def run_checks(rows: list[ResultRow], config: ExperimentConfig,
                 result("large-eps", acc <= s.large_eps_max_accuracy,
                        f"accuracy {acc:.3f} under {big.threat_model} PGD-{many} at {s.norm} eps "
                        f"{large:g} (must be <= {s.large_eps_max_accuracy:g}; n={big.n})")
-            lo, hi = find(f"{SANITY_PREFIX}pgd-{few}", eps), find(pgd_many.row_label, eps)
+            lo, hi = find(f"{SANITY_PREFIX}pgd-{few}", eps), find(f"{SANITY_PREFIX}pgd-{many}", eps)
             if lo is None or hi is None:
                 result("more-iterations", None, "no rows: the sanity threat model does not apply")
             else:

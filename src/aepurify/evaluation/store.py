@@ -18,6 +18,12 @@ import numpy as np
 
 from ..errors import AepurifyError
 
+# Row conventions every stage reads: the clean-accuracy row of a defense has attack, norm and
+# threat model ``none``; the undefended classifier is purifier ``none``; the attacks the
+# gradient-masking checks add are labelled ``sanity-...``.
+CLEAN = "none"
+SANITY_PREFIX = "sanity-"
+
 COLUMNS = ("dataset", "classifier", "purifier", "threat_model", "attack", "norm", "eps", "n",
            "accuracy", "seconds")
 KEY = COLUMNS[:7]

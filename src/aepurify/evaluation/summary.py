@@ -23,11 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import SANITY_PREFIX
-from .report import write_records_csv
-from .store import ResultRow, eps_key
+from .formats import write_records_csv
+from .store import CLEAN, SANITY_PREFIX, ResultRow, eps_key
 
-CLEAN = "none"
 SUMMARY_COLUMNS = ("dataset", "classifier", "purifier", "norm", "eps", "n", "clean",
                    "graybox_robust", "adaptive_robust", "worst_attack", "worst_accuracy",
                    "attacks")

@@ -1,0 +1,82 @@
+"""The console summary of a run, readable in 80 columns whether or not the output is a terminal:
+per defense and budget, clean, gray-box robust and adaptive robust accuracy and the worst single
+attack; then one line per failed sanity check and per failed row. The full grid is in
+report.md / report.html."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import Sequence
+from typing import IO, Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..formats import fmt_eps
+from ..sanity import SanityResult
+from ..summary import SummaryRow
+from .tables import by_defense, defense_label, several_classifiers
+
+MAX_WIDTH = 80
+
+
+def summary_console(file: IO[str] | None = None, stderr: bool = False) -> Console:
+    """A rich console at most ``MAX_WIDTH`` columns wide: the terminal's width when narrower,
+    80 when the output is a file or a pipe (rich would otherwise take $COLUMNS or its own
+    default)."""
+    columns = shutil.get_terminal_size((MAX_WIDTH, 24)).columns
+    return Console(file=file, stderr=stderr, width=max(40, min(MAX_WIDTH, columns)),
+                   highlight=False)
+
+
+def summary_table(summary: Sequence[SummaryRow], title: str = "robust accuracy") -> Table:
+    """One line per (defense, norm, eps): n, clean, gray-box robust, adaptive robust, and the
+    worst single attack's accuracy and name (threat model / attack). Long labels wrap inside
+    their column; numbers never shrink. Epsilons are L-inf unless the norm is named."""
+    several = several_classifiers(summary)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True,
+                  title_justify="left", caption_justify="left",
+                  caption="gray: gray-box robust; adapt: adaptive robust (per-example worst case "
+                          "over every attack); worst: the weakest single attack. Every row and "
+                          "plot: report.md")
+    table.add_column("defense", overflow="fold", min_width=8, max_width=18)
+    for name in ("eps", "n", "clean", "gray", "adapt", "worst"):
+        table.add_column(name, justify="left" if name == "eps" else "right", no_wrap=True)
+    table.add_column("worst attack", overflow="fold", ratio=1, min_width=10)
+    previous = None
+    for s in by_defense(summary):
+        label = defense_label(s.classifier, s.purifier, several)
+        gray = "-" if s.graybox_robust != s.graybox_robust else f"{s.graybox_robust:.3f}"
+        eps = fmt_eps(s.eps) if s.norm == "linf" else f"{s.norm} {fmt_eps(s.eps)}"
+        table.add_row(escape(label) if label != previous else "", eps, str(s.n),
+                      f"{s.clean:.3f}", gray, f"{s.adaptive_robust:.3f}",
+                      f"{s.worst_accuracy:.3f}", escape(s.worst_attack))
+        previous = label
+    return table
+
+
+def wrapped(prefix: str, text: str, width: int = MAX_WIDTH) -> str:
+    """``prefix`` + ``text`` wrapped at ``width`` columns, continuation lines indented."""
+    return "\n".join(textwrap.wrap(f"{prefix}{text}", width=width, subsequent_indent="    ",
+                                   break_on_hyphens=False))
+
+
+def print_summary(console: Console, summary: Sequence[SummaryRow],
+                  sanity: Sequence[SanityResult] = (), failed: Sequence[Any] = (), *,
+                  problems: Console | None = None, title: str = "robust accuracy") -> None:
+    """Print the summary table on ``console``, then each failed sanity check and each failed
+    row (objects with ``row`` and ``error``) on a line of its own, wrapped at 80 columns, on
+    ``problems`` (default: ``console``; the command line gives stderr)."""
+    problems = problems or console
+    if summary:
+        console.print(summary_table(summary, title), width=min(console.width, MAX_WIDTH))
+    width = min(problems.width, MAX_WIDTH)
+    lines = [wrapped(f"sanity check failed: {r.check} ({r.purifier}): ", r.detail, width)
+             for r in sanity if r.passed is False]
+    lines += [wrapped("row failed: ", f"{f.row}: {f.error}", width) for f in failed]
+    for line in lines:
+        problems.print(escape(line), soft_wrap=True)

@@ -1,0 +1,242 @@
+"""Stage 2: run cells and store their rows.
+
+Every row is committed to the results store as soon as it is done; re-running skips rows that
+were finished with the same spec hash, so a killed run resumes and loses nothing. Gray-box and
+transfer examples do not depend on the purifier, so they are crafted once per (classifier,
+attack, epsilon) and evaluated under every purifier.
+
+The stage reads a :class:`Workload` (test images, ready models by label, device, batch size,
+seed, planned cells) and nothing else: no config, no registry. ``evaluate`` builds one from a
+config (:func:`aepurify.evaluation.experiment.prepare`); the audit builds one from in-memory
+modules; a distributed run passes each rank its share of the cells and its own store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attacks import Attack, attack_module, build_attack
+from ..purifiers import DefendedClassifier, Purifier
+from ..utils import batches, derive_seed, progress, seed_everything
+from .cells import Cell
+from .store import ResultRow, ResultStore, eps_key
+
+log = logging.getLogger(__name__)
+
+# adversarial images kept per row for the report's example figures
+EXAMPLES_PER_ROW = 4
+
+
+@dataclass
+class Workload:
+    """Everything the run stage needs, ready.
+
+    Attributes:
+        x: test images (N, C, H, W) in [0, 1], on ``device``; a cell uses the first ``n``.
+        y: their labels (N,), int64, on ``device``.
+        classes: class names, index = label (figure captions).
+        classifiers: classifier label -> classifier (logits (N, K)), eval mode.
+        purifiers: (classifier label, purifier label) -> purifier; ``none`` is the undefended
+            classifier (an identity purifier).
+        device: where the models and images are.
+        batch_size: images per attack batch.
+        seed: base seed; every row derives its own from it and its key.
+        cells: the planned cells, in run order.
+        source: the classifier transfer attacks craft on, if any.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+    classifiers: dict[str, nn.Module]
+    purifiers: dict[tuple[str, str], Purifier]
+    device: torch.device
+    batch_size: int
+    seed: int
+    cells: list[Cell] = field(default_factory=list)
+    source: nn.Module | None = None
+
+    def defended(self, classifier: str, purifier: str) -> DefendedClassifier:
+        """The defended classifier ``classifier(purifier(x))`` of two labels, in eval mode."""
+        return DefendedClassifier(self.classifiers[classifier],
+                                  self.purifiers[(classifier, purifier)]).eval()
+
+    def stochastic(self) -> dict[str, bool]:
+        """Purifier label -> declared stochastic (what the EOT sanity check needs)."""
+        return {label: bool(p.stochastic) for (_, label), p in self.purifiers.items()}
+
+
+@dataclass
+class FailedRow:
+    """A cell whose computation raised: not stored, so the next run retries it.
+
+    Attributes:
+        row: the row key as text (``dataset classifier purifier threat_model attack norm eps``).
+        error: the exception's type and the first line of its message.
+    """
+
+    row: str
+    error: str
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Predicted labels (N,) of ``model`` on images x (N, C, H, W) in [0, 1]."""
+    model.eval()
+    return torch.cat([model(x[sl]).argmax(1) for sl in batches(x.shape[0], batch_size)])
+
+
+def craft(attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+          desc: str) -> torch.Tensor:
+    """Adversarial examples for all of x, batch by batch, with a progress bar."""
+    out = []
+    slices = list(batches(x.shape[0], batch_size))
+    for sl in progress(slices, desc=desc, unit="batch"):
+        out.append(attack(x[sl], y[sl]).detach())
+    return torch.cat(out)
+
+
+def run_cells(work: Workload, store: ResultStore, cells: list[Cell] | None = None, *,
+              errors_log: Path | None = None) -> list[FailedRow]:
+    """Compute every cell not yet finished in ``store`` (commits after each row).
+
+    A row whose computation raises (an attack engine's bug, memory) does not end the run: its
+    error is returned in one line and logged, its traceback appended to ``errors_log``, the
+    other rows go on, and a rerun retries it. Ctrl-C still stops the run.
+
+    Args:
+        work: the models, images and settings.
+        store: where finished rows are looked up and written.
+        cells: the cells to run, in order (default: all of ``work.cells``); a distributed run
+            passes each rank its share.
+        errors_log: file the tracebacks of failed rows are appended to.
+
+    Returns:
+        The rows that failed in this call.
+    """
+    cells = work.cells if cells is None else cells
+    todo = [c for c in cells if not store.has(c.key, c.spec_hash)]
+    if len(todo) < len(cells):
+        log.info("resuming: %d of %d rows already finished", len(cells) - len(todo), len(cells))
+    failed: list[FailedRow] = []
+    shared = _SharedCrafts()
+    for cell in progress(todo, desc="evaluate", total=len(todo), leave=True, unit="row"):
+        try:
+            row, worst = compute_cell(work, cell, shared)
+        except Exception as exc:  # noqa: BLE001 - recorded, reported, retried on the next run
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            label = " ".join(str(k) for k in cell.key)
+            failed.append(FailedRow(label, error))
+            log.error("row failed (%s): %s; the run goes on, errors.log has the traceback",
+                      label, error)
+            if errors_log is not None:
+                with open(errors_log, "a") as f:
+                    f.write(f"== {label}\n{traceback.format_exc()}\n")
+            continue
+        if worst is not None:
+            store.put_examples(cell.key, worst[:EXAMPLES_PER_ROW].cpu().numpy())
+        store.put(row)
+    return failed
+
+
+def finished_rows(store: ResultStore, cells: list[Cell]) -> list[ResultRow]:
+    """The rows of ``cells`` that ``store`` holds, in the cells' order (failed ones missing)."""
+    return store.rows([c.key for c in cells])
+
+
+@dataclass
+class _SharedCrafts:
+    """Adversarial examples of the current (attack, eps) group, by craft owner, for the cells
+    that may reuse them (see :class:`Cell`); a new group drops the previous one's."""
+
+    group: tuple | None = None
+    by_owner: dict[tuple, tuple[list[torch.Tensor], float]] = field(default_factory=dict)
+
+    def enter(self, group: tuple) -> None:
+        if group != self.group:
+            self.by_owner.clear()
+            self.group = group
+
+
+def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
+                 ) -> tuple[ResultRow, torch.Tensor | None]:
+    """One row: clean accuracy, or the cell's attack (crafted once per owner and shared, see
+    :class:`Cell`) evaluated per restart with the per-example worst case.
+
+    Returns:
+        The row and the worst adversarial images (n, C, H, W) in [0, 1] (None for a clean row).
+    """
+    shared = shared if shared is not None else _SharedCrafts()
+    x, y = work.x[:cell.n], work.y[:cell.n]
+    defended = work.defended(cell.classifier, cell.purifier)
+    start = time.perf_counter()
+    details = dict(cell.details)
+    worst = None
+    if cell.attack is None:
+        seed_everything(derive_seed(work.seed, "eval", cell.key))
+        correct = (predict(defended, x, work.batch_size) == y).cpu().numpy()
+        seconds = time.perf_counter() - start
+    else:
+        shared.enter((cell.attack_index, eps_key(cell.eps)))
+        owner = (cell.threat_model.base, *cell.craft_owner)  # type: ignore[union-attr]
+        if owner in shared.by_owner:
+            advs, craft_seconds = shared.by_owner[owner]
+        else:
+            advs, craft_seconds = craft_cell(work, cell, defended, x, y)
+            if cell.shared:
+                shared.by_owner[owner] = (advs, craft_seconds)
+        eval_start = time.perf_counter()
+        correct = np.ones(cell.n, dtype=bool)
+        worst = advs[-1].clone()
+        for r, x_adv in enumerate(advs):
+            seed_everything(derive_seed(work.seed, "eval", cell.key, r))
+            ok = (predict(defended, x_adv, work.batch_size) == y).cpu().numpy()
+            newly_broken = torch.from_numpy(correct & ~ok).to(worst.device)
+            worst[newly_broken] = x_adv[newly_broken]
+            correct &= ok
+        details.update(perturbation_size(x, worst))
+        seconds = craft_seconds + time.perf_counter() - eval_start
+    c = cell.key
+    row = ResultRow(*c[:6], eps=c[6], n=len(correct), accuracy=float(correct.mean()),
+                    seconds=seconds, correct=correct, spec_hash=cell.spec_hash, details=details)
+    return row, worst
+
+
+def perturbation_size(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, float]:
+    """Mean L-inf and L2 size of the perturbations, and the L2 size normalised by the image's
+    own L2 norm (the x axis of the patch-VAE paper's plots)."""
+    delta = (x_adv - x).flatten(1)
+    l2 = delta.norm(dim=1)
+    return {"mean_linf": float(delta.abs().amax(1).mean()), "mean_l2": float(l2.mean()),
+            "mean_rel_l2": float((l2 / x.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())}
+
+
+def craft_cell(work: Workload, cell: Cell, defended: DefendedClassifier, x: torch.Tensor,
+               y: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+    """Adversarial examples of one cell, one tensor per restart, and the seconds it took."""
+    attack, tm = cell.attack, cell.threat_model
+    assert attack is not None and tm is not None
+    start = time.perf_counter()
+    if tm.base == "adaptive":
+        adaptive = getattr(defended.purifier, "adaptive_attack")
+        atk = adaptive(attack.name, defended, cell.eps, attack.norm, **attack.params)
+    else:
+        module = attack_module(tm, defended, work.source)
+        atk = build_attack(attack.name, module, cell.eps, attack.norm, attack.params)
+    owner = cell.craft_owner
+    advs = []
+    for r in range(attack.restarts):
+        seed_everything(derive_seed(work.seed, "craft", tm.name, *owner, attack.label,
+                                    attack.norm, eps_key(cell.eps), r))
+        who = "" if cell.shared else f" {cell.purifier}"
+        desc = f"{attack.label} {attack.norm} eps={cell.eps:.4g} {tm.name}{who}"
+        advs.append(craft(atk, x, y, batch_size=work.batch_size, desc=desc))
+    return advs, time.perf_counter() - start
