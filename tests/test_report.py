@@ -3,16 +3,18 @@ strings (config names, labels, error messages) escaped in report.md and report.h
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 
-import numpy as np
 import pytest
 import yaml
-from rich.console import Console
 
 from aepurify.evaluation import evaluate, print_summary, summary_console
 from aepurify.evaluation import run as run_mod
@@ -57,7 +59,7 @@ def _printed(file: io.StringIO) -> list[str]:
 def test_console_summary_fits_80_columns(monkeypatch, stream, columns, width):
     monkeypatch.setenv("COLUMNS", str(columns))
     monkeypatch.setattr(shutil, "get_terminal_size",
-                        lambda fallback=(80, 24): __import__("os").terminal_size((columns, 24)))
+                        lambda fallback=(80, 24): os.terminal_size((columns, 24)))
     out, err = stream(), stream()
     sanity = [SanityResult("white-box-vs-gray-box", "mnist", "lenet", LONG, False,
                            "largest excess of a purifier-aware attack over gray-box/transfer: "
@@ -163,3 +165,27 @@ def test_untrusted_strings_are_escaped_in_the_report(tmp_path, monkeypatch):
     assert md[first_image:].startswith("![gray-box against adaptive robust accuracy](headline.png)")
     assert first_image < md.index("|") and (out / "headline.png").stat().st_size > 1000
     assert json.loads((out / "run.json").read_text())["name"] == SCRIPT
+
+
+def test_evaluate_command_prints_a_summary_of_80_columns_to_a_pipe(tmp_path):
+    """The command line, with stdout a pipe and $COLUMNS wide: the summary still fits."""
+    config = {"name": "pipe", "dataset": "mnist", "n_test": 20, "batch_size": 20,
+              "classifier": {"arch": "lenet",
+                             "train": {"epochs": 1, "batch_size": 64, "max_images": 2000}},
+              "purifiers": [{"name": "jpeg", "label": LONG, "params": {"quality": 50}}],
+              "threat_models": ["gray-box", "bpda"],
+              "attacks": [{"name": "fgsm", "eps": [0.1, 0.3]}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "COLUMNS": "160", "AEPURIFY_PROGRESS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "aepurify.cli", "evaluate", str(path), "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines and all(len(line) <= 80 for line in lines), proc.stdout
+    with open(tmp_path / "run" / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 4  # none and the long label, at two budgets
+    for s in summary:
+        assert f"{float(s['adaptive_robust']):.3f}" in proc.stdout

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..utils import stable_hash
 from .analyses import ANALYSES, AnalysisResult
 from .config import ExperimentConfig, load_config
 from .examples import example_figures
@@ -28,7 +29,6 @@ from .run import FailedRow, finished_rows, run_cells
 from .sanity import SanityResult, run_checks
 from .store import ResultRow, ResultStore
 from .summary import SummaryRow, summarize
-from ..utils import stable_hash
 
 
 @dataclass
