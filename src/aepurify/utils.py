@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
+import re
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -33,12 +35,31 @@ def derive_seed(base: int, *parts: Any) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+DEVICE_NAMES = "auto, cpu, cuda, cuda:<index> or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` itself if it names a device aepurify can run on (see :data:`DEVICE_NAMES`).
+
+    Raises:
+        ConfigError: any other name (``tpu``, ``gpu``, ``cuda:x``), naming the choices.
+    """
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name.strip()):
+        raise ConfigError(f"unknown device {name!r}; use {DEVICE_NAMES}")
+    return name.strip()
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise the named device.
 
     Raises:
-        ConfigError: a CUDA device was asked for but none is available.
+        ConfigError: an unknown device name, or a CUDA (MPS) device asked for where none is
+            available.
     """
+    name = check_device_name(name)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but MPS is not available")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -75,12 +96,18 @@ def parse_eps(value: Any) -> float:
     ``"8/255"``.
 
     Raises:
-        ValueError: a string that is not a number or a fraction (pydantic validators turn it
-            into a one-line config error).
+        ValueError: a string that is not a number or a fraction, or a value that is not finite
+            (NaN, infinity); pydantic validators turn it into a one-line config error.
     """
     if isinstance(value, str):
         try:
-            return float(Fraction(value.replace(" ", "")))
+            out = float(Fraction(value.replace(" ", "")))
         except (ValueError, ZeroDivisionError):
             raise ValueError(f"cannot read epsilon {value!r}") from None
-    return float(value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"epsilon must be a number or a fraction such as 8/255; got {value!r}")
+    else:
+        out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"epsilon must be a finite number; got {value!r}")
+    return out

@@ -20,6 +20,7 @@ Epsilons may be written as fractions (``8/255``); they are on the [0, 1] pixel s
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,8 +33,14 @@ from ..errors import ConfigError
 from ..models import CLASSIFIERS
 from ..purifiers import PURIFIERS
 from ..training.settings import TrainSettings
-from ..utils import parse_eps
+from ..utils import check_device_name, parse_eps
 
+log = logging.getLogger(__name__)
+
+# What the runner passes to every attack factory itself; an attack's params may not repeat them.
+ATTACK_ARGS = ("model", "eps", "norm")
+# What run_analyses passes to every analysis itself.
+ANALYSIS_ARGS = ("exp", "rows", "out_dir")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -109,7 +116,7 @@ class AttackEntry(_Strict):
     name: str
     label: str | None = None
     norm: Literal["linf", "l2"] = "linf"
-    eps: list[float]
+    eps: list[float] = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     restarts: int = Field(1, ge=1)
     n_test: int | None = Field(None, ge=1)
@@ -229,6 +236,14 @@ class ExperimentConfig(_Strict):
     analyses: list[AnalysisEntry] = Field(default_factory=list)
     sanity: SanitySettings = Field(default_factory=SanitySettings)
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        try:
+            return check_device_name(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="before")
     @classmethod
     def _single_classifier(cls, data: Any) -> Any:
@@ -264,7 +279,8 @@ class ExperimentConfig(_Strict):
         return self
 
     def check_names(self) -> None:
-        """Check every registry name; raise ConfigError naming the first unknown one."""
+        """Check every registry name, and every ``params`` entry against its factory's signature
+        (names and types); raise ConfigError naming the first problem."""
         DATASETS.get(self.dataset)
         entries = [(f"classifiers[{i}]" if len(self.classifiers) > 1 else "classifier", c)
                    for i, c in enumerate(self.classifiers)]
@@ -274,9 +290,14 @@ class ExperimentConfig(_Strict):
                 CLASSIFIERS.get(entry.arch)
             except ConfigError as exc:
                 raise ConfigError(f"{where}.arch: {exc}") from None
+            try:
+                CLASSIFIERS.check_params(entry.arch, entry.params)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.params: {exc}") from None
         for i, p in enumerate(self.purifiers):
             try:
                 PURIFIERS.get(p.name)
+                PURIFIERS.check_params(p.name, p.params)
                 for tm in p.threat_models or []:
                     parse_threat_model(tm)
             except ConfigError as exc:
@@ -284,6 +305,8 @@ class ExperimentConfig(_Strict):
         for i, a in enumerate(self.attacks):
             try:
                 ATTACKS.get(a.name)
+                if self._runs_generic(a):  # under adaptive, the purifier's own attack reads them
+                    ATTACKS.check_params(a.name, a.params, supplied=ATTACK_ARGS)
                 for tm in a.threat_models or []:
                     parse_threat_model(tm)
             except ConfigError as exc:
@@ -302,11 +325,29 @@ class ExperimentConfig(_Strict):
 
             try:
                 ANALYSES.get(a.name)
+                ANALYSES.check_params(a.name, a.params, supplied=ANALYSIS_ARGS)
             except ConfigError as exc:
                 raise ConfigError(f"analyses[{i}]: {exc}") from None
         needs_source = any(parse_threat_model(t)[0] == "transfer" for t in self.all_threat_models())
         if needs_source and self.transfer_source is None:
             raise ConfigError("the transfer threat model needs transfer_source in the config")
+
+    def _runs_generic(self, attack: AttackEntry) -> bool:
+        """Whether ``attack`` runs as the registered attack for some purifier (any threat model
+        but ``adaptive``, where the purifier's own adaptive attack takes its params); the
+        undefended classifier meets every attack that names it under gray-box."""
+        labels = [p.row_label for p in self.purifiers] + (["none"] if self.include_undefended
+                                                          else [])
+        entries = {p.row_label: p for p in self.purifiers}
+        for label in labels:
+            if attack.purifiers is not None and label not in attack.purifiers:
+                continue
+            if label == "none":
+                return True
+            tms = attack.threat_models or entries[label].threat_models or self.threat_models
+            if any(parse_threat_model(t)[0] != "adaptive" for t in tms):
+                return True
+        return False
 
     def sanity_attacks(self) -> list[AttackEntry]:
         """The attack entries the sanity checks add (labels start with ``sanity-``)."""
@@ -366,7 +407,19 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
         config.check_names()
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    _warn_large_linf(config, source)
     return config
+
+
+def _warn_large_linf(config: ExperimentConfig, source: str) -> None:
+    """An L-inf budget above 1 spans the whole [0, 1] pixel range: legal (the sanity check's
+    large_eps does it on purpose) but most often a budget on the 0..255 scale."""
+    for i, a in enumerate(config.attacks):
+        large = [e for e in a.eps if a.norm == "linf" and e > 1]
+        if large:
+            log.warning("%s: attacks[%d] (%s): L-inf epsilon %g is above 1, the whole [0, 1] "
+                        "pixel range, so any image is reachable (did you mean %g/255?)",
+                        source, i, a.row_label, large[0], large[0])
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
