@@ -202,33 +202,66 @@ def demo(
 def purify(
     images: Annotated[list[Path], typer.Argument(help="Image files of one size.")],
     purifier: Annotated[str, typer.Option(help="Checkpoint directory or purifier name.")],
-    out: Annotated[Path, typer.Option(help="Folder for the purified images (PNG).")],
-    channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB).")] = 1,
+    out: Annotated[Path, typer.Option(help="Folder for the purified images (PNG; inputs' "
+                                           "sub-folders are mirrored).")],
+    channels: Annotated[Optional[int], typer.Option(
+        help="Convert the images to 1 (grayscale) or 3 (RGB) channels. Default: the "
+             "checkpoint's channels, else the images' own; an image with other channels is "
+             "refused rather than converted.")] = None,
     param: Annotated[Optional[list[str]], typer.Option(
         help="Purifier parameter key=value, for a purifier given by name.")] = None,
 ) -> None:
     """Purify image files with a trained purifier (or an untrained transform by name)."""
     import torch
 
-    from .data import load_image_files, save_image_files
+    from .data import read_image_files, save_image_files
     from .purifiers import create_purifier, load_purifier, purifier_class
 
-    if channels not in (1, 3):
+    if channels is not None and channels not in (1, 3):
         raise ConfigError(f"--channels must be 1 or 3; got {channels}")
+    targets = _purified_paths(images, out)
     path = Path(purifier)
+    module = None
+    takes = None
     if path.exists():
         module, _ = load_purifier(path)
-    else:
-        if purifier_class(purifier).trainable:
-            raise ConfigError(f"purifier {purifier!r} must be trained first; pass its checkpoint "
-                              "directory")
-        module = create_purifier(purifier, **{"in_channels": channels, **_params(param)})
-    x = load_image_files(list(images), channels)
+        takes = module.in_channels
+        if channels is not None and takes is not None and channels != takes:
+            raise ConfigError(f"--channels {channels} does not match the purifier {path}, which "
+                              f"takes {takes} channel(s)")
+    elif purifier_class(purifier).trainable:
+        raise ConfigError(f"purifier {purifier!r} must be trained first; pass its checkpoint "
+                          "directory")
+    x, infos = read_image_files(images, channels or takes, convert=channels is not None)
+    if module is None:
+        module = create_purifier(purifier, **{"in_channels": x.shape[1], **_params(param)})
     with torch.no_grad():
         y = module.eval()(x)
-    targets = [out / (p.stem + ".png") for p in images]
-    save_image_files(y, targets)
+    save_image_files(y, targets, bits=[info.bits for info in infos])
     console.print(f"purified {len(targets)} image(s) into {out}")
+
+
+def _purified_paths(images: list[Path], out: Path) -> list[Path]:
+    """Where each purified image goes: its path relative to the inputs' common folder, under
+    ``out``, as PNG. Two inputs that would land on one file, or an output that would replace its
+    input, are refused before anything is read (InputError)."""
+    import os
+
+    from .errors import InputError
+
+    resolved = [p.resolve() for p in images]
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    targets = [out / p.relative_to(root).with_suffix(".png") for p in resolved]
+    seen: dict[Path, Path] = {}
+    for src, src_abs, target in zip(images, resolved, targets, strict=True):
+        key = target.resolve()
+        if key == src_abs and src_abs.exists():
+            raise InputError(f"purifying {src} into {out} would overwrite it; pick another --out")
+        if key in seen:
+            raise InputError(f"{seen[key]} and {src} would both be written to {target}; rename "
+                             "one or purify them separately")
+        seen[key] = src
+    return targets
 
 
 @app.command("list")
