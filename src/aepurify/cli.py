@@ -86,6 +86,7 @@ def train_classifier(
     model = create_classifier(arch, dataset).to(dev)
     metrics = fit_classifier(model, train, settings, device=dev)
     metrics["test_accuracy"] = accuracy(model, test, device=dev, desc="test accuracy")
+    metrics["test_images"] = len(test)
     save_checkpoint(model, out, kind="classifier", name=arch, dataset=dataset,
                     train=settings.model_dump(), metrics=metrics, seed=seed)
     console.print(f"{arch} on {dataset}: test accuracy {metrics['test_accuracy']:.4f}; "

@@ -108,7 +108,9 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
         settings: training settings (used when training).
         checkpoint: a checkpoint directory to load instead of training.
         train_data: returns the training split (called only if training is needed).
-        test_data: if given, test accuracy is measured after training and recorded.
+        test_data: if given, test accuracy is measured on it after training and recorded, with
+            the number of images (``test_accuracy``, ``test_images``); pass the whole test
+            split.
         cache_dir: model cache (default ``$AEPURIFY_CACHE/models``).
 
     Raises:
@@ -138,6 +140,7 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
         if test_data is not None:
             metrics["test_accuracy"] = accuracy(model, test_data, device=device,
                                                 desc=f"test {arch}")
+            metrics["test_images"] = len(test_data)
         return metrics
 
     def build() -> Classifier:
