@@ -17,6 +17,7 @@ from .analyses import ANALYSES, AnalysisResult, run_analyses
 from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry, load_config
 from .examples import example_figures
 from .html import write_html
+from .lock import holds_output_lock
 from .report import console_table, plot_threat_models, write_csv, write_markdown
 from .runner import Experiment, planned_rows, prepare, run_cells, run_record
 from .sanity import SanityResult, run_checks, write_sanity_csv
@@ -29,6 +30,7 @@ __all__ = ["evaluate", "load_config", "ExperimentConfig", "ClassifierEntry", "Pu
            "run_checks"]
 
 
+@holds_output_lock("out_dir")  # one run per output folder
 def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
              n_test: int | None = None, data_dir: str | Path | None = None,
              cache_dir: str | Path | None = None, device: str | None = None,
@@ -54,6 +56,7 @@ def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
 
     Raises:
         ConfigError, DataError, CheckpointError: bad input, reported in one line.
+        OutputLockedError: another run is writing to ``out_dir``.
     """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides={"n_test": n_test})
