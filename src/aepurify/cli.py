@@ -34,6 +34,8 @@ train_app = typer.Typer(no_args_is_help=True, help="Train a classifier or a puri
 app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 
+INTERRUPTED = "interrupted: finished rows are kept in results.db; run again to resume"
+
 DataDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", help="Folder with the data files (else $AEPURIFY_DATA, then the cache; MNIST "
                        "falls back to the embedded copy).")]
@@ -152,8 +154,12 @@ def evaluate(
     from .evaluation import evaluate as run
     from .resources import find_config
 
-    rows = run(find_config(config), out, n_test=n_test, data_dir=data_dir, cache_dir=cache_dir,
-               device=device)
+    try:
+        rows = run(find_config(config), out, n_test=n_test, data_dir=data_dir,
+                   cache_dir=cache_dir, device=device)
+    except KeyboardInterrupt:  # here, not in main(): typer turns it into a silent exit 130
+        console.print(INTERRUPTED, highlight=False)
+        raise typer.Exit(130) from None
     console_table(rows)
     _print_sanity(out)
     console.print(f"report: {out / 'report.md'} (and report.html)  results: "
@@ -289,8 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     except AepurifyError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted: finished rows are kept in results.db; run again to resume")
+    except KeyboardInterrupt:  # outside a command (typer maps a command's to exit 130)
+        console.print("interrupted", highlight=False)
         sys.exit(130)
 
 
