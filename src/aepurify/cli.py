@@ -231,6 +231,9 @@ def purify(
     module = None
     takes = None
     if path.exists():
+        if param:
+            raise ConfigError("--param sets a purifier given by name; a checkpoint brings its own "
+                              "parameters")
         module, _ = load_purifier(path)
         takes = module.in_channels
         if channels is not None and takes is not None and channels != takes:

@@ -42,6 +42,7 @@ ATTACK_ARGS = ("model", "eps", "norm")
 # What run_analyses passes to every analysis itself.
 ANALYSIS_ARGS = ("exp", "rows", "out_dir")
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
