@@ -101,6 +101,9 @@ def test_channels_come_from_the_image_or_the_checkpoint(tmp_path):
     proc = run_cli("purify", str(photo), "--purifier", str(grey_ckpt), "--channels", "3",
                    "--out", str(tmp_path / "c2"))
     assert_one_line_error(proc, "--channels 3 does not match", "takes 1 channel")
+    proc = run_cli("purify", str(photo), "--purifier", str(grey_ckpt), "--param", "filters=8",
+                   "--out", str(tmp_path / "c2"))
+    assert_one_line_error(proc, "--param sets a purifier given by name")
 
 
 def test_mixed_channels_and_explicit_conversion(tmp_path):
