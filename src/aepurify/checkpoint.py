@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import AepurifyError, CheckpointError, ConfigError
 from .registry import Registry
+from .utils import preserved_rng
 from .version import code_version
 
 FORMAT = "aepurify-checkpoint"
@@ -206,10 +207,14 @@ def load_checkpoint(directory: str | Path, registry: Registry, *, kind: str,
     weights = directory / WEIGHTS
     stored = stored_shapes(weights)
     try:
-        # untrusted hyper-parameters: compare shapes before anything is allocated
-        problem = _mismatch(expected_shapes(lambda: registry.create(name, **hparams)), stored)
-        if problem is None:
-            module = registry.create(name, **hparams)
+        # untrusted hyper-parameters: compare shapes before anything is allocated; building
+        # draws initial weights, which the caller's random streams must not see (a model loaded
+        # from the cache and one trained on the spot leave them alike)
+        with preserved_rng():
+            problem = _mismatch(expected_shapes(lambda: registry.create(name, **hparams)),
+                                stored)
+            if problem is None:
+                module = registry.create(name, **hparams)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {directory} cannot be rebuilt: {exc}") from None
     if problem is not None:

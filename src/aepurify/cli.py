@@ -77,20 +77,22 @@ def train_classifier(
     from .data import load_dataset
     from .models import create_classifier
     from .training import accuracy, fit_classifier
-    from .utils import pick_device, seed_everything
+    from .utils import pick_device, seed_everything, training_numerics
 
     settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
                          augment=augment, seed=seed)
     dev = pick_device(device)
     test = load_dataset(dataset, "test", data_dir)
     train = load_dataset(dataset, "train", data_dir)
-    seed_everything(seed)
-    model = create_classifier(arch, dataset).to(dev)
-    metrics = fit_classifier(model, train, settings, device=dev)
+    with training_numerics(dev) as numerics:
+        seed_everything(seed)
+        model = create_classifier(arch, dataset).to(dev)
+        metrics = fit_classifier(model, train, settings, device=dev)
     metrics["test_accuracy"] = accuracy(model, test, device=dev, desc="test accuracy")
     metrics["test_images"] = len(test)
     save_checkpoint(model, out, kind="classifier", name=arch, dataset=dataset,
-                    train=settings.model_dump(), metrics=metrics, seed=seed)
+                    train=settings.model_dump(), metrics=metrics, seed=seed,
+                    environment=numerics)
     console.print(f"{arch} on {dataset}: test accuracy {metrics['test_accuracy']:.4f}; "
                   f"saved to {out}")
 
@@ -116,7 +118,7 @@ def train_purifier(
     from .data import load_dataset
     from .models import load_classifier
     from .purifiers import create_purifier, purifier_class
-    from .utils import pick_device, seed_everything
+    from .utils import pick_device, seed_everything, training_numerics
 
     settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
                          seed=seed, extra=_params(extra, "--extra"))
@@ -130,12 +132,13 @@ def train_purifier(
     elif cls.needs_classifier:
         raise ConfigError(f"purifier {name!r} trains against a classifier: pass --classifier DIR")
     train = load_dataset(dataset, "train", data_dir)
-    seed_everything(seed)
-    purifier = create_purifier(name, dataset, **_params(param)).to(dev)
-    metrics = purifier.fit(train, settings, classifier=clf, device=dev)
+    with training_numerics(dev) as numerics:
+        seed_everything(seed)
+        purifier = create_purifier(name, dataset, **_params(param)).to(dev)
+        metrics = purifier.fit(train, settings, classifier=clf, device=dev)
     save_checkpoint(purifier, out, kind="purifier", name=name, dataset=dataset,
                     train=settings.model_dump(), metrics=metrics, seed=seed,
-                    classifier=str(classifier) if classifier else None)
+                    classifier=str(classifier) if classifier else None, environment=numerics)
     console.print(f"{name} on {dataset}: final loss {metrics.get('final_loss', float('nan')):.5f}; "
                   f"saved to {out}")
 

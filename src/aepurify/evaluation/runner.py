@@ -412,6 +412,7 @@ def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         "python": platform.python_version(), "torch": torch.__version__,
         "device": str(exp.device), "platform": platform.platform(),
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "dataset_note": spec.note,
         "test_images": len(exp.test), "test_source": exp.test.source,
         "models": models,
