@@ -27,7 +27,7 @@ def _config(**changes):
 
 
 @pytest.mark.parametrize("changes,fragments", [
-    ({"device": "tpu"}, ["device", "unknown device 'tpu'", "cuda"]),
+    ({"device": "tpu"}, ["device: unknown device 'tpu'", "cuda"]),
     ({"purifiers": [{"name": "jpeg", "params": {"quality": "high"}}]},
      ["purifiers[0]", "purifier 'jpeg'", "'quality'", "valid integer", "'high'"]),
     ({"purifiers": [{"name": "magnet", "params": {"filterz": 3}}]},

@@ -148,7 +148,7 @@ def load_image_files(paths: list[Path], channels: int) -> torch.Tensor:
     return read_image_files(paths, channels)[0]
 
 
-def save_image_files(images: torch.Tensor, paths: list[Path],
+def save_image_files(images: torch.Tensor, paths: Sequence[str | Path],
                      bits: int | Sequence[int] = 8) -> None:
     """Write images (N, C, H, W) in [0, 1]; the suffix picks the format.
 
@@ -160,7 +160,7 @@ def save_image_files(images: torch.Tensor, paths: list[Path],
     """
     depths = [bits] * len(paths) if isinstance(bits, int) else list(bits)
     x = images.detach().clamp(0, 1).cpu()
-    for img, path, depth in zip(x, paths, depths, strict=True):
+    for img, path, depth in zip(x, map(Path, paths), depths, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         if depth == 16 and img.shape[0] == 1 and path.suffix.lower() == ".png":
             a = img[0].mul(65535).round().numpy().astype(np.uint16)

@@ -393,7 +393,7 @@ class ExperimentConfig(_Strict):
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
-    return f"{loc}: {err['msg']}"
+    return f"{loc}: {err['msg'].removeprefix('Value error, ')}"  # our validators' own words
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
