@@ -20,7 +20,6 @@ Epsilons may be written as fractions (``8/255``); they are on the [0, 1] pixel s
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,13 +33,7 @@ from ..models import CLASSIFIERS
 from ..purifiers import PURIFIERS
 from ..training.settings import TrainSettings
 from ..utils import check_device_name, parse_eps
-
-log = logging.getLogger(__name__)
-
-# What the runner passes to every attack factory itself; an attack's params may not repeat them.
-ATTACK_ARGS = ("model", "eps", "norm")
-# What run_analyses passes to every analysis itself.
-ANALYSIS_ARGS = ("exp", "rows", "out_dir")
+from .config_checks import check_params, warn_large_linf
 
 
 class _Strict(BaseModel):
@@ -280,8 +273,7 @@ class ExperimentConfig(_Strict):
         return self
 
     def check_names(self) -> None:
-        """Check every registry name, and every ``params`` entry against its factory's signature
-        (names and types); raise ConfigError naming the first problem."""
+        """Check every registry name; raise ConfigError naming the first unknown one."""
         DATASETS.get(self.dataset)
         entries = [(f"classifiers[{i}]" if len(self.classifiers) > 1 else "classifier", c)
                    for i, c in enumerate(self.classifiers)]
@@ -291,14 +283,9 @@ class ExperimentConfig(_Strict):
                 CLASSIFIERS.get(entry.arch)
             except ConfigError as exc:
                 raise ConfigError(f"{where}.arch: {exc}") from None
-            try:
-                CLASSIFIERS.check_params(entry.arch, entry.params)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}.params: {exc}") from None
         for i, p in enumerate(self.purifiers):
             try:
                 PURIFIERS.get(p.name)
-                PURIFIERS.check_params(p.name, p.params)
                 for tm in p.threat_models or []:
                     parse_threat_model(tm)
             except ConfigError as exc:
@@ -306,8 +293,6 @@ class ExperimentConfig(_Strict):
         for i, a in enumerate(self.attacks):
             try:
                 ATTACKS.get(a.name)
-                if self._runs_generic(a):  # under adaptive, the purifier's own attack reads them
-                    ATTACKS.check_params(a.name, a.params, supplied=ATTACK_ARGS)
                 for tm in a.threat_models or []:
                     parse_threat_model(tm)
             except ConfigError as exc:
@@ -326,29 +311,11 @@ class ExperimentConfig(_Strict):
 
             try:
                 ANALYSES.get(a.name)
-                ANALYSES.check_params(a.name, a.params, supplied=ANALYSIS_ARGS)
             except ConfigError as exc:
                 raise ConfigError(f"analyses[{i}]: {exc}") from None
         needs_source = any(parse_threat_model(t)[0] == "transfer" for t in self.all_threat_models())
         if needs_source and self.transfer_source is None:
             raise ConfigError("the transfer threat model needs transfer_source in the config")
-
-    def _runs_generic(self, attack: AttackEntry) -> bool:
-        """Whether ``attack`` runs as the registered attack for some purifier (any threat model
-        but ``adaptive``, where the purifier's own adaptive attack takes its params); the
-        undefended classifier meets every attack that names it under gray-box."""
-        labels = [p.row_label for p in self.purifiers] + (["none"] if self.include_undefended
-                                                          else [])
-        entries = {p.row_label: p for p in self.purifiers}
-        for label in labels:
-            if attack.purifiers is not None and label not in attack.purifiers:
-                continue
-            if label == "none":
-                return True
-            tms = attack.threat_models or entries[label].threat_models or self.threat_models
-            if any(parse_threat_model(t)[0] != "adaptive" for t in tms):
-                return True
-        return False
 
     def sanity_attacks(self) -> list[AttackEntry]:
         """The attack entries the sanity checks add (labels start with ``sanity-``)."""
@@ -406,21 +373,11 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
         raise ConfigError(f"{source}: {_first_error(exc)}") from None
     try:
         config.check_names()
+        check_params(config)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    _warn_large_linf(config, source)
+    warn_large_linf(config, source)
     return config
-
-
-def _warn_large_linf(config: ExperimentConfig, source: str) -> None:
-    """An L-inf budget above 1 spans the whole [0, 1] pixel range: legal (the sanity check's
-    large_eps does it on purpose) but most often a budget on the 0..255 scale."""
-    for i, a in enumerate(config.attacks):
-        large = [e for e in a.eps if a.norm == "linf" and e > 1]
-        if large:
-            log.warning("%s: attacks[%d] (%s): L-inf epsilon %g is above 1, the whole [0, 1] "
-                        "pixel range, so any image is reachable (did you mean %g/255?)",
-                        source, i, a.row_label, large[0], large[0])
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
