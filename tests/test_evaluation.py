@@ -272,7 +272,7 @@ def test_adaptive_protocol_is_a_per_example_worst_case():
 
 
 def test_sanity_checks_flag_masking_and_say_why():
-    from aepurify.evaluation.config import parse_config
+    from aepurify.evaluation.config_file import parse_config
     from aepurify.evaluation.sanity import run_checks
 
     config = parse_config({**TINY, "sanity": {"enabled": True, "steps": [10, 100],

@@ -4,6 +4,12 @@ trained, seed, code version). Never pickle.
 Modules that can be checkpointed inherit :class:`Configurable`, which records the keyword
 arguments they were built with (``hparams``), so a checkpoint can rebuild the same architecture
 before loading weights, and loading checks every tensor's name and shape against it.
+
+A checkpoint is untrusted input: its hyper-parameters are checked by name and type against the
+architecture's signature, and the architecture is first built on PyTorch's ``meta`` device
+(shapes only, no memory) and its tensors compared with those the safetensors header lists, so
+hyper-parameters that ask for a model the file does not hold (a crafted ``width: 1000000``
+asks for terabytes) are refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -11,15 +17,17 @@ from __future__ import annotations
 import inspect
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError, ConfigError
+from .errors import AepurifyError, CheckpointError, ConfigError
 from .registry import Registry
+from .utils import preserved_rng
 from .version import code_version
 
 FORMAT = "aepurify-checkpoint"
@@ -114,6 +122,56 @@ def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
+def stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in a safetensors file, read from its header alone.
+
+    Raises:
+        CheckpointError: the file is missing or not a readable safetensors file.
+    """
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"corrupt weights file {weights}: {exc}") from None
+
+
+def expected_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the state dict of ``build()``, built on the ``meta`` device (shapes
+    only, no memory), so that a config that asks for terabytes allocates nothing; modules
+    with an op that has no meta kernel are built for real.
+
+    Raises:
+        ConfigError: the factory refuses the parameters.
+    """
+    try:
+        with torch.device("meta"):
+            module = build()
+    except AepurifyError:
+        raise
+    except Exception:  # noqa: BLE001 - an op without a meta kernel: build it for real
+        module = build()
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _mismatch(expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]]
+              ) -> str | None:
+    """What differs between the architecture's tensors and the file's, or None."""
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                         f"{' ...' if len(unexpected) > 3 else ''}")
+        return "; ".join(parts)
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            return f"{key} has shape {list(stored[key])} in the file, {list(shape)} in the model"
+    return None
+
+
 def load_checkpoint(directory: str | Path, registry: Registry, *, kind: str,
                     expect_name: str | None = None, map_location: str | torch.device = "cpu",
                     ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -142,31 +200,30 @@ def load_checkpoint(directory: str | Path, registry: Registry, *, kind: str,
     if expect_name is not None and name != expect_name:
         raise CheckpointError(f"checkpoint {directory} holds {kind} {name!r}, "
                               f"but {expect_name!r} was asked for")
+    hparams = config.get("hparams", {})
+    if not isinstance(name, str) or not isinstance(hparams, dict):
+        raise CheckpointError(f"{directory / CONFIG}: 'name' must be a string and 'hparams' a "
+                              "mapping")
+    weights = directory / WEIGHTS
+    stored = stored_shapes(weights)
     try:
-        module = registry.create(name, **config.get("hparams", {}))
+        # untrusted hyper-parameters: compare shapes before anything is allocated; building
+        # draws initial weights, which the caller's random streams must not see (a model loaded
+        # from the cache and one trained on the spot leave them alike)
+        with preserved_rng():
+            problem = _mismatch(expected_shapes(lambda: registry.create(name, **hparams)),
+                                stored)
+            if problem is None:
+                module = registry.create(name, **hparams)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {directory} cannot be rebuilt: {exc}") from None
-    try:
-        state = load_file(str(directory / WEIGHTS), device=str(map_location))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"corrupt weights file {directory / WEIGHTS}: {exc}") from None
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}"
-                         f"{' ...' if len(unexpected) > 3 else ''}")
+    if problem is not None:
         raise CheckpointError(f"checkpoint {directory} does not match architecture {name!r}: "
-                              f"{'; '.join(parts)}")
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"checkpoint {directory} does not match architecture {name!r}: {key} has shape "
-                f"{list(state[key].shape)} in the file, {list(tensor.shape)} in the model")
+                              f"{problem}")
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"corrupt weights file {weights}: {exc}") from None
     module.load_state_dict(state, strict=True)
     module.to(map_location).eval()
     return module, config

@@ -33,6 +33,8 @@ train_app = typer.Typer(no_args_is_help=True, help="Train a classifier or a puri
 app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 
+INTERRUPTED = "interrupted: finished rows are kept in results.db; run again to resume"
+
 DataDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", help="Folder with the data files (else $AEPURIFY_DATA, then the cache; MNIST "
                        "falls back to the embedded copy).")]
@@ -74,19 +76,22 @@ def train_classifier(
     from .data import load_dataset
     from .models import create_classifier
     from .training import accuracy, fit_classifier
-    from .utils import pick_device, seed_everything
+    from .utils import pick_device, seed_everything, training_numerics
 
     settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
                          augment=augment, seed=seed)
     dev = pick_device(device)
     test = load_dataset(dataset, "test", data_dir)
     train = load_dataset(dataset, "train", data_dir)
-    seed_everything(seed)
-    model = create_classifier(arch, dataset).to(dev)
-    metrics = fit_classifier(model, train, settings, device=dev)
+    with training_numerics(dev) as numerics:
+        seed_everything(seed)
+        model = create_classifier(arch, dataset).to(dev)
+        metrics = fit_classifier(model, train, settings, device=dev)
     metrics["test_accuracy"] = accuracy(model, test, device=dev, desc="test accuracy")
+    metrics["test_images"] = len(test)
     save_checkpoint(model, out, kind="classifier", name=arch, dataset=dataset,
-                    train=settings.model_dump(), metrics=metrics, seed=seed)
+                    train=settings.model_dump(), metrics=metrics, seed=seed,
+                    environment=numerics)
     console.print(f"{arch} on {dataset}: test accuracy {metrics['test_accuracy']:.4f}; "
                   f"saved to {out}")
 
@@ -112,7 +117,7 @@ def train_purifier(
     from .data import load_dataset
     from .models import load_classifier
     from .purifiers import create_purifier, purifier_class
-    from .utils import pick_device, seed_everything
+    from .utils import pick_device, seed_everything, training_numerics
 
     settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
                          seed=seed, extra=_params(extra, "--extra"))
@@ -126,12 +131,13 @@ def train_purifier(
     elif cls.needs_classifier:
         raise ConfigError(f"purifier {name!r} trains against a classifier: pass --classifier DIR")
     train = load_dataset(dataset, "train", data_dir)
-    seed_everything(seed)
-    purifier = create_purifier(name, dataset, **_params(param)).to(dev)
-    metrics = purifier.fit(train, settings, classifier=clf, device=dev)
+    with training_numerics(dev) as numerics:
+        seed_everything(seed)
+        purifier = create_purifier(name, dataset, **_params(param)).to(dev)
+        metrics = purifier.fit(train, settings, classifier=clf, device=dev)
     save_checkpoint(purifier, out, kind="purifier", name=name, dataset=dataset,
                     train=settings.model_dump(), metrics=metrics, seed=seed,
-                    classifier=str(classifier) if classifier else None)
+                    classifier=str(classifier) if classifier else None, environment=numerics)
     console.print(f"{name} on {dataset}: final loss {metrics.get('final_loss', float('nan')):.5f}; "
                   f"saved to {out}")
 
@@ -150,8 +156,12 @@ def evaluate(
     from .evaluation import print_summary, summary_console
     from .resources import find_config
 
-    result = run(find_config(config), out, n_test=n_test, data_dir=data_dir, cache_dir=cache_dir,
-                 device=device)
+    try:
+        result = run(find_config(config), out, n_test=n_test, data_dir=data_dir,
+                     cache_dir=cache_dir, device=device)
+    except KeyboardInterrupt:  # here, not in main(): typer turns it into a silent exit 130
+        console.print(INTERRUPTED, highlight=False)
+        raise typer.Exit(130) from None
     print_summary(summary_console(), result.summary, result.sanity, result.failed,
                   problems=summary_console(stderr=True))
     console.print(f"report: {out / 'report.md'} (and report.html)\n"
@@ -184,33 +194,69 @@ def demo(
 def purify(
     images: Annotated[list[Path], typer.Argument(help="Image files of one size.")],
     purifier: Annotated[str, typer.Option(help="Checkpoint directory or purifier name.")],
-    out: Annotated[Path, typer.Option(help="Folder for the purified images (PNG).")],
-    channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB).")] = 1,
+    out: Annotated[Path, typer.Option(help="Folder for the purified images (PNG; inputs' "
+                                           "sub-folders are mirrored).")],
+    channels: Annotated[Optional[int], typer.Option(
+        help="Convert the images to 1 (grayscale) or 3 (RGB) channels. Default: the "
+             "checkpoint's channels, else the images' own; an image with other channels is "
+             "refused rather than converted.")] = None,
     param: Annotated[Optional[list[str]], typer.Option(
         help="Purifier parameter key=value, for a purifier given by name.")] = None,
 ) -> None:
     """Purify image files with a trained purifier (or an untrained transform by name)."""
     import torch
 
-    from .data import load_image_files, save_image_files
+    from .data import read_image_files, save_image_files
     from .purifiers import create_purifier, load_purifier, purifier_class
 
-    if channels not in (1, 3):
+    if channels is not None and channels not in (1, 3):
         raise ConfigError(f"--channels must be 1 or 3; got {channels}")
+    targets = _purified_paths(images, out)
     path = Path(purifier)
+    module = None
+    takes = None
     if path.exists():
+        if param:
+            raise ConfigError("--param sets a purifier given by name; a checkpoint brings its own "
+                              "parameters")
         module, _ = load_purifier(path)
-    else:
-        if purifier_class(purifier).trainable:
-            raise ConfigError(f"purifier {purifier!r} must be trained first; pass its checkpoint "
-                              "directory")
-        module = create_purifier(purifier, **{"in_channels": channels, **_params(param)})
-    x = load_image_files(list(images), channels)
+        takes = module.in_channels
+        if channels is not None and takes is not None and channels != takes:
+            raise ConfigError(f"--channels {channels} does not match the purifier {path}, which "
+                              f"takes {takes} channel(s)")
+    elif purifier_class(purifier).trainable:
+        raise ConfigError(f"purifier {purifier!r} must be trained first; pass its checkpoint "
+                          "directory")
+    x, infos = read_image_files(images, channels or takes, convert=channels is not None)
+    if module is None:
+        module = create_purifier(purifier, **{"in_channels": x.shape[1], **_params(param)})
     with torch.no_grad():
         y = module.eval()(x)
-    targets = [out / (p.stem + ".png") for p in images]
-    save_image_files(y, targets)
+    save_image_files(y, targets, bits=[info.bits for info in infos])
     console.print(f"purified {len(targets)} image(s) into {out}")
+
+
+def _purified_paths(images: list[Path], out: Path) -> list[Path]:
+    """Where each purified image goes: its path relative to the inputs' common folder, under
+    ``out``, as PNG. Two inputs that would land on one file, or an output that would replace its
+    input, are refused before anything is read (InputError)."""
+    import os
+
+    from .errors import InputError
+
+    resolved = [p.resolve() for p in images]
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    targets = [out / p.relative_to(root).with_suffix(".png") for p in resolved]
+    seen: dict[Path, Path] = {}
+    for src, src_abs, target in zip(images, resolved, targets, strict=True):
+        key = target.resolve()
+        if key == src_abs and src_abs.exists():
+            raise InputError(f"purifying {src} into {out} would overwrite it; pick another --out")
+        if key in seen:
+            raise InputError(f"{seen[key]} and {src} would both be written to {target}; rename "
+                             "one or purify them separately")
+        seen[key] = src
+    return targets
 
 
 @app.command("list")
@@ -237,8 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     except AepurifyError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted: finished rows are kept in results.db; run again to resume")
+    except KeyboardInterrupt:  # outside a command (typer maps a command's to exit 130)
+        console.print("interrupted", highlight=False)
         sys.exit(130)
 
 

@@ -29,3 +29,7 @@ class InputError(AepurifyError, ValueError):
 
 class NotApplicableError(AepurifyError):
     """A threat model or attack does not apply to a purifier (e.g. white-box on Pillow JPEG)."""
+
+
+class OutputLockedError(AepurifyError):
+    """Another live run holds the output folder's lock (see aepurify.evaluation.lock)."""

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, NotApplicableError
-from ..purifiers.base import DefendedClassifier, Purifier
+from ..purifiers.base import DefendedClassifier, EvalWrapper, Purifier
 
 BASES = ("gray-box", "white-box", "bpda", "transfer", "adaptive", "black-box")
 
@@ -137,13 +137,15 @@ def bpda_purify(purifier: Purifier, x: torch.Tensor) -> torch.Tensor:
     return approx + (exact - approx).detach()
 
 
-class BPDAClassifier(nn.Module):
-    """``classifier(purifier(x))`` whose backward pass goes through ``purifier.surrogate``."""
+class BPDAClassifier(EvalWrapper):
+    """``classifier(purifier(x))`` whose backward pass goes through ``purifier.surrogate``;
+    both stay in eval mode (see :class:`~aepurify.purifiers.base.EvalWrapper`)."""
 
     def __init__(self, defended: DefendedClassifier) -> None:
         super().__init__()
         self.classifier = defended.classifier
         self.purifier = defended.purifier
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(bpda_purify(self.purifier, x))
@@ -157,8 +159,9 @@ EOT_CHUNK_CPU = 256
 EOT_CHUNK_ACCELERATOR = 4096
 
 
-class EOT(nn.Module):
-    """Average ``module``'s logits over ``samples`` draws of its randomness.
+class EOT(EvalWrapper):
+    """Average ``module``'s logits over ``samples`` draws of its randomness; ``module`` stays in
+    eval mode (see :class:`~aepurify.purifiers.base.EvalWrapper`).
 
     The draws are batched: the input repeated r times per call, r chosen so that a call holds
     at most ``max_batch`` images (at least one draw). ``max_batch=None`` picks it by the input's
@@ -182,6 +185,7 @@ class EOT(nn.Module):
         self.module = module
         self.samples = samples
         self.max_batch = max_batch
+        self.eval()
 
     def chunk_images(self, device: torch.device) -> int:
         """Most images per call of the wrapped module on ``device``."""

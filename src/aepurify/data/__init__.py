@@ -16,10 +16,10 @@ from ..registry import Registry
 from ..resources import resource_path
 from . import cifar10, mnist
 from .base import ImageDataset, cache_root, download, resolve_data_dir
-from .images import load_image_files, save_image_files
+from .images import ImageInfo, load_image_files, read_image_files, save_image_files
 
 __all__ = ["DATASETS", "DataSetSpec", "ImageDataset", "load_dataset", "dataset_spec", "cache_root",
-           "load_image_files", "save_image_files"]
+           "load_image_files", "read_image_files", "save_image_files", "ImageInfo"]
 
 
 @dataclass(frozen=True)

@@ -52,33 +52,53 @@ CLASSES = {
 }
 
 
+# The largest canonical file (the training images) holds 47,040,016 bytes; a header that asks
+# for more than this is not MNIST or Fashion-MNIST, whatever the gzip stream would inflate to.
+MAX_IDX_BYTES = 64 * 2**20
+
+
 def read_idx_gz(path: Path, expected_md5: str) -> np.ndarray:
-    """Read one gzip-compressed IDX file after checking the md5 of its decompressed bytes.
+    """Read one gzip-compressed IDX file, then check the md5 of its decompressed bytes.
+
+    Decompression is streamed and capped by the IDX header (magic number and dimensions): at
+    most the header's payload plus one byte is inflated, and a header above
+    :data:`MAX_IDX_BYTES` is refused, so a gzip bomb in a data folder cannot exhaust memory.
 
     Returns:
         uint8 array: (N, H, W) for image files, (N,) for label files.
 
     Raises:
-        DataError: unreadable gzip, checksum mismatch or malformed IDX header.
+        DataError: unreadable gzip, malformed or oversized IDX header, a payload shorter or
+            longer than the header says, or a checksum mismatch.
     """
     try:
-        raw = gzip.decompress(path.read_bytes())
+        with gzip.open(path, "rb") as f:
+            magic_bytes = f.read(4)
+            magic = int.from_bytes(magic_bytes, "big")
+            if len(magic_bytes) < 4 or magic >> 8 != 0x08:  # 0x08 = unsigned byte data
+                raise DataError(f"corrupt data file {path}: not an IDX file of unsigned bytes")
+            ndim = magic & 0xFF
+            dim_bytes = f.read(4 * ndim)
+            if len(dim_bytes) < 4 * ndim:
+                raise DataError(f"corrupt data file {path}: truncated IDX header")
+            dims = [int.from_bytes(dim_bytes[4 * i: 4 * i + 4], "big") for i in range(ndim)]
+            size = int(np.prod(dims, dtype=object)) if dims else 0
+            if 4 + 4 * ndim + size > MAX_IDX_BYTES:
+                raise DataError(f"corrupt data file {path}: header says {dims} "
+                                f"({size:,} bytes), more than any MNIST file holds")
+            payload = f.read(size)
+            extra = f.read(1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"corrupt data file {path}: {exc}") from None
-    actual = hashlib.md5(raw).hexdigest()
+    if len(payload) != size or extra:
+        more = "more than" if extra else f"{len(payload):,} bytes, not"
+        raise DataError(f"corrupt data file {path}: header says {dims}, payload has {more} "
+                        f"{size:,} bytes")
+    actual = hashlib.md5(magic_bytes + dim_bytes + payload).hexdigest()
     if actual != expected_md5:
         raise DataError(f"checksum mismatch for {path}: md5 of the decompressed data is {actual}, "
                         f"expected {expected_md5} (corrupt or wrong file)")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic >> 8 != 0x08:  # 0x08 = unsigned byte data
-        raise DataError(f"corrupt data file {path}: not an IDX file of unsigned bytes")
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    if len(raw) - offset != int(np.prod(dims)):
-        raise DataError(f"corrupt data file {path}: header says {dims}, payload has "
-                        f"{len(raw) - offset} bytes")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def load_idx_dataset(name: str, split: str, folder: Path) -> ImageDataset:

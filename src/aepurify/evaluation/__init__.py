@@ -16,7 +16,8 @@ from . import perturbation_plot  # noqa: F401  (registers the accuracy-vs-pertur
 from . import s2snet_analyses  # noqa: F401  (registers s2snet-signal-transfer, s2snet-gradients)
 from .analyses import ANALYSES, AnalysisResult
 from .cells import AttackSpec, Cell, DefenseKeys, order_cells
-from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry, load_config
+from .config import AttackEntry, ClassifierEntry, ExperimentConfig, PurifierEntry
+from .config_file import load_config, parse_config
 from .experiment import Experiment, prepare, run_record
 from .pipeline import EvaluationResult, evaluate, run_analyses
 from .plan import Plan, plan_grid
@@ -26,9 +27,11 @@ from .sanity import SanityResult, run_checks
 from .store import COLUMNS, ResultRow, ResultStore
 from .summary import SummaryRow, summarize
 
-__all__ = ["evaluate", "EvaluationResult", "load_config", "ExperimentConfig", "ClassifierEntry",
-           "PurifierEntry", "AttackEntry", "Experiment", "prepare", "run_record", "Plan",
-           "plan_grid", "Cell", "AttackSpec", "DefenseKeys", "order_cells", "Workload",
-           "FailedRow", "run_cells", "finished_rows", "ResultRow", "ResultStore", "COLUMNS",
+__all__ = ["evaluate", "EvaluationResult", "load_config", "ExperimentConfig",
+           "ClassifierEntry", "PurifierEntry", "AttackEntry", "parse_config",
+           "Experiment", "prepare", "run_record", "Plan", "plan_grid", "Cell",
+           "AttackSpec", "DefenseKeys", "order_cells", "Workload", "FailedRow",
+           "run_cells", "finished_rows", "ResultRow", "ResultStore", "COLUMNS",
            "SummaryRow", "summarize", "SanityResult", "run_checks", "write_report",
-           "print_summary", "summary_console", "ANALYSES", "AnalysisResult", "run_analyses"]
+           "print_summary", "summary_console", "ANALYSES", "AnalysisResult",
+           "run_analyses"]

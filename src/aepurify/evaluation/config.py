@@ -20,11 +20,9 @@ Epsilons may be written as fractions (``8/255``); they are on the [0, 1] pixel s
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..attacks import ATTACKS, parse_threat_model
 from ..data import DATASETS
@@ -32,7 +30,7 @@ from ..errors import ConfigError
 from ..models import CLASSIFIERS
 from ..purifiers import PURIFIERS
 from ..training.settings import TrainSettings
-from ..utils import parse_eps
+from ..utils import check_device_name, parse_eps
 from .store import SANITY_PREFIX
 
 
@@ -110,7 +108,7 @@ class AttackEntry(_Strict):
     name: str
     label: str | None = None
     norm: Literal["linf", "l2"] = "linf"
-    eps: list[float]
+    eps: list[float] = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     restarts: int = Field(1, ge=1)
     n_test: int | None = Field(None, ge=1)
@@ -226,6 +224,14 @@ class ExperimentConfig(_Strict):
     eot_samples: int | None = Field(None, ge=1)
     analyses: list[AnalysisEntry] = Field(default_factory=list)
     sanity: SanitySettings = Field(default_factory=SanitySettings)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        try:
+            return check_device_name(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="before")
     @classmethod
@@ -344,48 +350,3 @@ class ExperimentConfig(_Strict):
         for a in self.attacks:
             names += a.threat_models or []
         return list(dict.fromkeys(names))
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "config"
-    return f"{loc}: {err['msg']}"
-
-
-def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Validate a config dict; raise ConfigError with the first problem on one line."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
-    try:
-        config = ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {_first_error(exc)}") from None
-    try:
-        config.check_names()
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    return config
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read and validate a YAML config.
-
-    Args:
-        path: the YAML file.
-        overrides: top-level keys to replace (e.g. ``{"n_test": 200}`` from the command line).
-
-    Raises:
-        ConfigError: missing file, unreadable YAML, invalid or unknown entries.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if isinstance(data, dict) and overrides:
-        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-    return parse_config(data, source=str(path))

@@ -89,9 +89,11 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
     dev = pick_device(device or config.device)
     data_dir = data_dir if data_dir is not None else config.data_dir
     seed_everything(config.seed)
-    test = load_dataset(config.dataset, "test", data_dir).take(config.n_test)
+    full_test = load_dataset(config.dataset, "test", data_dir)
+    test = full_test.take(config.n_test)
     train = _lazy(lambda: load_dataset(config.dataset, "train", data_dir))
-    common = {"train_data": train, "test_data": test, "cache_dir": cache_dir, "device": dev}
+    # a classifier trained here records its accuracy on the whole test split, not on n_test
+    common = {"train_data": train, "test_data": full_test, "cache_dir": cache_dir, "device": dev}
     classifiers = {c.row_label: _get_classifier(c, config, common) for c in config.classifiers}
     source = (_get_classifier(config.transfer_source, config, common)
               if config.transfer_source is not None else None)
@@ -146,6 +148,7 @@ def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         "python": platform.python_version(), "torch": torch.__version__,
         "device": str(exp.device), "platform": platform.platform(),
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "dataset_note": spec.note,
         "test_images": len(exp.test), "test_source": exp.test.source,
         "models": models,

@@ -21,8 +21,10 @@ from typing import Any
 
 from ..utils import stable_hash
 from .analyses import ANALYSES, AnalysisResult
-from .config import ExperimentConfig, load_config
+from .config import ExperimentConfig
+from .config_file import load_config
 from .examples import example_figures
+from .lock import holds_output_lock
 from .experiment import Experiment, prepare, run_record
 from .report import write_report
 from .run import FailedRow, finished_rows, run_cells
@@ -85,6 +87,7 @@ def _write_record(out: Path, record: dict[str, Any], status: str) -> None:
                                              default=str) + "\n")
 
 
+@holds_output_lock("out_dir")  # one run per output folder
 def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
              n_test: int | None = None, data_dir: str | Path | None = None,
              cache_dir: str | Path | None = None, device: str | None = None,
@@ -110,6 +113,7 @@ def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
 
     Raises:
         ConfigError, DataError, CheckpointError: bad input, reported in one line.
+        OutputLockedError: another run is writing to ``out_dir``.
     """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides={"n_test": n_test})

@@ -115,8 +115,28 @@ class Identity(Purifier):
         return x
 
 
-class DefendedClassifier(nn.Module):
-    """``logits = classifier(purifier(x))`` as one ``nn.Module``.
+class EvalWrapper(nn.Module):
+    """Base of the modules that wrap trained models for inference and attacks
+    (:class:`DefendedClassifier`, BPDA, EOT): the wrapped models stay in eval mode.
+
+    Attack engines record the mode of the module they attack and restore it afterwards
+    (torchattacks calls ``model.train()`` when the module was in training mode); through a
+    plain ``nn.Module`` that would switch every BatchNorm inside to batch statistics and let the
+    next forward pass overwrite its running statistics. Here ``train(mode)`` sets only the
+    wrapper's own flag and puts the wrapped models in eval mode either way; a subclass calls
+    ``self.eval()`` at the end of ``__init__``. To train a wrapped model, train it on its own
+    (``purifier.fit``), or switch that model itself with ``model.train()``.
+    """
+
+    def train(self, mode: bool = True) -> EvalWrapper:
+        super().train(False)
+        self.training = mode
+        return self
+
+
+class DefendedClassifier(EvalWrapper):
+    """``logits = classifier(purifier(x))`` as one ``nn.Module``; classifier and purifier are
+    kept in eval mode (see :class:`EvalWrapper`).
 
     Args:
         classifier: maps (N, C, H, W) in [0, 1] to logits (N, K).
@@ -133,6 +153,7 @@ class DefendedClassifier(nn.Module):
         super().__init__()
         self.classifier = classifier
         self.purifier = purifier
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.purifier(x))

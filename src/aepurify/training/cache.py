@@ -23,7 +23,8 @@ from ..data import ImageDataset, cache_root
 from ..errors import CheckpointError
 from ..models import Classifier, create_classifier, load_classifier
 from ..purifiers import Purifier, create_purifier, load_purifier, purifier_class
-from ..utils import seed_everything, stable_hash
+from ..utils import (TRAIN_THREADS, preserved_rng, seed_everything, stable_hash, train_threads,
+                     training_numerics)
 from .loops import accuracy, fit_classifier
 from .settings import TrainSettings
 
@@ -70,13 +71,27 @@ def _from_cache(target: Path, key: str,
     return Trained(module, key, "cache", target, config)
 
 
+def _numerics_key(device: torch.device | str) -> dict[str, Any]:
+    """What the cache key adds about the arithmetic: a CPU thread count other than the pinned
+    default trains other weights (see aepurify.utils.training_numerics)."""
+    threads = train_threads() if torch.device(device).type == "cpu" else TRAIN_THREADS
+    return {"train_threads": threads} if threads != TRAIN_THREADS else {}
+
+
 def _train_and_save(target: Path, build: Callable[[], nn.Module],
                     fit: Callable[[nn.Module], dict[str, Any]], *, kind: str, name: str,
-                    metadata: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+                    device: torch.device | str, metadata: dict[str, Any]
+                    ) -> tuple[nn.Module, dict[str, Any]]:
     """Build, fit and save atomically (a temporary folder renamed into place), so an
-    interrupted training leaves no half-written checkpoint in the cache."""
-    module = build()
-    metrics = fit(module)
+    interrupted training leaves no half-written checkpoint in the cache. The caller's random
+    streams are left as they were: a model trained on first use inside another's training (a
+    feature extractor) must not change that one's draws, or its weights would depend on the
+    cache's state. CPU training runs with pinned threads (``training_numerics``), recorded as
+    ``environment`` in the checkpoint."""
+    with preserved_rng(), training_numerics(device) as numerics:
+        module = build()
+        metrics = fit(module)
+    metadata = {**metadata, "environment": numerics}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
@@ -108,7 +123,9 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
         settings: training settings (used when training).
         checkpoint: a checkpoint directory to load instead of training.
         train_data: returns the training split (called only if training is needed).
-        test_data: if given, test accuracy is measured after training and recorded.
+        test_data: if given, test accuracy is measured on it after training and recorded, with
+            the number of images (``test_accuracy``, ``test_images``); pass the whole test
+            split.
         cache_dir: model cache (default ``$AEPURIFY_CACHE/models``).
 
     Raises:
@@ -125,7 +142,8 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
         return Trained(module, config.get("cache_key") or stable_hash(config), "checkpoint",
                        Path(checkpoint), config)
     key = stable_hash({"v": CACHE_VERSION, "kind": "classifier", "arch": arch, "params": params,
-                       "dataset": dataset, "train": settings.model_dump()})
+                       "dataset": dataset, "train": settings.model_dump(),
+                       **_numerics_key(device)})
     target = model_cache_dir(cache_dir) / f"classifier-{arch}-{dataset}-{key}"
     cached = _from_cache(target, key, lambda p: load_classifier(p, arch, map_location=device))
     if cached is not None:
@@ -138,6 +156,7 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
         if test_data is not None:
             metrics["test_accuracy"] = accuracy(model, test_data, device=device,
                                                 desc=f"test {arch}")
+            metrics["test_images"] = len(test_data)
         return metrics
 
     def build() -> Classifier:
@@ -145,7 +164,7 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
         return create_classifier(arch, dataset, **params).to(device)
 
     module, config = _train_and_save(
-        target, build, fit, kind="classifier", name=arch,
+        target, build, fit, kind="classifier", name=arch, device=device,
         metadata={"dataset": dataset, "train": settings.model_dump(), "seed": settings.seed,
                   "cache_key": key})
     return Trained(module, key, "trained", target, config)
@@ -188,7 +207,7 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
     classifier_key = classifier.key if (cls.needs_classifier and classifier) else None
     key = stable_hash({"v": CACHE_VERSION, "kind": "purifier", "name": name, "params": params,
                        "dataset": dataset, "train": settings.model_dump(),
-                       "classifier": classifier_key})
+                       "classifier": classifier_key, **_numerics_key(device)})
     target = model_cache_dir(cache_dir) / f"purifier-{name}-{dataset}-{key}"
     cached = _from_cache(target, key, lambda p: load_purifier(p, name, map_location=device))
     if cached is not None:
@@ -205,7 +224,7 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
         return module.fit(train_data(), settings, classifier=clf, device=device)  # type: ignore[operator]
 
     module, config = _train_and_save(
-        target, build, fit, kind="purifier", name=name,
+        target, build, fit, kind="purifier", name=name, device=device,
         metadata={"dataset": dataset, "train": settings.model_dump(), "seed": settings.seed,
                   "cache_key": key, "classifier_key": classifier_key})
     return Trained(module, key, "trained", target, config)

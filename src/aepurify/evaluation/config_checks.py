@@ -1,0 +1,79 @@
+"""Checks of a validated config against the registries' signatures, made before any work: every
+``params`` entry names parameters its factory takes, with values of the annotated types, so a
+typo such as ``stepz`` or ``quality: "high"`` costs one line, not a run that fails after its
+models trained; and an L-inf budget above 1 is warned about.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..attacks import ATTACKS, parse_threat_model
+from ..errors import ConfigError
+from ..models import CLASSIFIERS
+from ..purifiers import PURIFIERS
+from .config import AttackEntry, ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+# What the runner passes to every attack factory itself; an attack's params may not repeat them.
+ATTACK_ARGS = ("model", "eps", "norm")
+# What run_analyses passes to every analysis itself.
+ANALYSIS_ARGS = ("exp", "rows", "out_dir")
+
+
+def check_params(config: ExperimentConfig) -> None:
+    """Check every ``params`` entry (classifiers, purifiers, attacks, analyses) by name and type
+    against its factory (:meth:`aepurify.registry.Registry.check_params`).
+
+    Raises:
+        ConfigError: the first problem, naming the entry (``attacks[0]: ...``).
+    """
+    from .analyses import ANALYSES
+
+    classifiers = [(f"classifiers[{i}]" if len(config.classifiers) > 1 else "classifier", c)
+                   for i, c in enumerate(config.classifiers)]
+    if config.transfer_source is not None:
+        classifiers.append(("transfer_source", config.transfer_source))
+    checks = [(f"{where}.params", CLASSIFIERS, c.arch, c.params, ())
+              for where, c in classifiers]
+    checks += [(f"purifiers[{i}]", PURIFIERS, p.name, p.params, ())
+               for i, p in enumerate(config.purifiers)]
+    checks += [(f"attacks[{i}]", ATTACKS, a.name, a.params, ATTACK_ARGS)
+               for i, a in enumerate(config.attacks) if _runs_generic(config, a)]
+    checks += [(f"analyses[{i}]", ANALYSES, a.name, a.params, ANALYSIS_ARGS)
+               for i, a in enumerate(config.analyses)]
+    for where, registry, name, params, supplied in checks:
+        try:
+            registry.check_params(name, params, supplied=supplied)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def _runs_generic(config: ExperimentConfig, attack: AttackEntry) -> bool:
+    """Whether ``attack`` runs as the registered attack for some purifier: under any threat
+    model but ``adaptive``, where the purifier's own adaptive attack takes the params (S-BIM's
+    ``margin_on``); the undefended classifier meets every attack that names it, gray-box."""
+    entries = {p.row_label: p for p in config.purifiers}
+    labels = [*entries, *(["none"] if config.include_undefended else [])]
+    for label in labels:
+        if attack.purifiers is not None and label not in attack.purifiers:
+            continue
+        if label == "none":
+            return True
+        tms = attack.threat_models or entries[label].threat_models or config.threat_models
+        if any(parse_threat_model(t)[0] != "adaptive" for t in tms):
+            return True
+    return False
+
+
+def warn_large_linf(config: ExperimentConfig, source: str) -> None:
+    """Warn (one line per attack) about an L-inf budget above 1: it spans the whole [0, 1]
+    pixel range, legal (the sanity check's large_eps does it on purpose) but most often a
+    budget on the 0..255 scale."""
+    for i, a in enumerate(config.attacks):
+        large = [e for e in a.eps if a.norm == "linf" and e > 1]
+        if large:
+            log.warning("%s: attacks[%d] (%s): L-inf epsilon %g is above 1, the whole [0, 1] "
+                        "pixel range, so any image is reachable (did you mean %g/255?)",
+                        source, i, a.row_label, large[0], large[0])
