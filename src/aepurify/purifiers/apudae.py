@@ -32,6 +32,11 @@ stride 2 in the first conv and the last transposed conv, a skip connection every
 from the encoder to the mirrored decoder layer, and a global residual followed by ReLU.
 ``layers=15, features=64`` is the paper's REDNet-30 for CIFAR-10; the MNIST demo uses a shallow
 one (see ``configs/demo-mnist.yaml``).
+
+Replayable randomness (``adaptive`` mode): the uniform noise of every refinement step can be
+sampled apart from its use (``sample_randomness``: ``uniform`` of shape (steps, N, C, H, W) in
+[-1, 1)) and passed back (``forward(x, randomness=params)``). The default forward still draws
+one step's noise at a time from the global generator, so seeded results do not change.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from ..errors import ConfigError, NotApplicableError
 from ..utils import batches
 from .base import Purifier
 from .rednet import REDNet
+from .randomness import Randomness, sample_tensor
 from .sbim import SBIM
 
 if TYPE_CHECKING:
@@ -188,10 +194,24 @@ class APuDAE(Purifier):
 
     # -- purification -------------------------------------------------------------------------
 
-    def purify(self, x: torch.Tensor) -> torch.Tensor:
+    def purify(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
         if self.mode == "direct":
             return self.reconstruct(x)
-        return self.refine(x)
+        return self.refine(x, randomness)
+
+    def sample_randomness(self, x_shape: tuple[int, ...], generator: torch.Generator | None = None,
+                          device: torch.device | str | None = None) -> Randomness:
+        """The refinement noise of one call on images of ``x_shape`` (N, C, H, W): ``uniform``,
+        (steps, N, C, H, W) in [-1, 1), scaled per image and step by the noise amplitude.
+
+        Raises:
+            NotApplicableError: a deterministic mode (no noise to sample).
+        """
+        if not self.stochastic:
+            raise NotApplicableError(f"APuDAE in mode {self.mode!r} is deterministic; it has no "
+                                     "randomness to sample")
+        uniform = sample_tensor("uniform", (self.steps, *x_shape), generator, device)
+        return Randomness(tuple(x_shape), {"uniform": uniform.mul_(2).sub_(1)})
 
     def _loss(self, r: torch.Tensor) -> torch.Tensor:
         """The refinement objective summed over the batch (each image's delta only sees its
@@ -202,8 +222,9 @@ class APuDAE(Purifier):
             return (F.relu(r - self.mu) ** 2).sum() / self.sigma ** 2
         return (r * torch.sigmoid((r - self.mu) / self.sigma)).sum()  # adaptive-dist
 
-    def refine(self, x: torch.Tensor) -> torch.Tensor:
-        """Adam on delta for ``steps`` steps (see the module docstring), batched.
+    def refine(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
+        """Adam on delta for ``steps`` steps (see the module docstring), batched; the noise of
+        step t is ``randomness["uniform"][t - 1]`` if given, else a fresh draw.
 
         Works under ``torch.no_grad()`` callers (gradients are enabled locally). Without
         ``exact_gradients`` the returned image's gradient with respect to x is the identity
@@ -228,7 +249,8 @@ class APuDAE(Purifier):
                     factor = ((r - self.mu) / (2 * self.sigma)) ** 2
                     amp = self.noise * factor.clamp(0, self.noise_cap)
                     amp = amp if exact else amp.detach()
-                    uniform = torch.rand_like(x).mul_(2).sub_(1)
+                    uniform = randomness["uniform"][t - 1] if randomness is not None \
+                        else torch.rand_like(x).mul_(2).sub_(1)
                     base = (base + amp.view(-1, 1, 1, 1) * uniform).clamp(-1, 2)
                 (g,) = torch.autograd.grad(loss, delta, create_graph=exact)
                 m = b1 * m + (1 - b1) * g

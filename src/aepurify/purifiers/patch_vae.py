@@ -26,6 +26,10 @@ the two sides (2 px each side there), purified, and cropped back; images smaller
 are padded up to one patch. Border pixels are covered by fewer patches than interior ones; the
 average divides by each pixel's own count, so every pixel is an average of the patches that
 cover it.
+
+Replayable randomness: the latent noise ``e`` of one call can be sampled apart from its use
+(``sample_randomness``) and passed back (``forward(x, randomness=params)``); the default forward
+draws it as before, from the global generator, so seeded results do not change.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, NotApplicableError
 from .base import Purifier
+from .randomness import Randomness, sample_tensor
 from .vae_nets import GaussianCoder, paper_vae, patch_coder
 
 if TYPE_CHECKING:
@@ -78,10 +83,35 @@ class _VariationalPurifier(Purifier):
         """Random exactly when z is sampled; the posterior mean is deterministic."""
         return self.sample
 
-    def reconstruct(self, coder: GaussianCoder, x: torch.Tensor) -> torch.Tensor:
-        """``coder``'s reconstruction of x (N, C, H, W) in [0, 1], in [0, 1]."""
-        logits, _, _ = coder(x, sample=self.sample, noise_clip=self.noise_clip)
+    def reconstruct(self, coder: GaussianCoder, x: torch.Tensor,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``coder``'s reconstruction of x (N, C, H, W) in [0, 1], in [0, 1]; ``noise`` (N, D)
+        replays the latent noise."""
+        logits, _, _ = coder(x, sample=self.sample, noise_clip=self.noise_clip, noise=noise)
         return torch.sigmoid(logits)
+
+    def latent_noise_shapes(self, x_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+        """Name -> (rows, D) of the latent noise one call on ``x_shape`` draws, in draw order."""
+        raise NotImplementedError
+
+    def sample_randomness(self, x_shape: tuple[int, ...], generator: torch.Generator | None = None,
+                          device: torch.device | str | None = None) -> Randomness:
+        """The latent noise e ~ N(0, I) (clipped to +-noise_clip) of one call on images of
+        ``x_shape``, drawn in the order the default forward draws it.
+
+        Raises:
+            NotApplicableError: ``sample=False`` (the posterior mean is deterministic).
+        """
+        if not self.sample:
+            raise NotApplicableError(f"{type(self).__name__} with sample=False is deterministic; "
+                                     "it has no randomness to sample")
+        draws = {}
+        for name, shape in self.latent_noise_shapes(x_shape).items():
+            noise = sample_tensor("normal", shape, generator, device)
+            if self.noise_clip is not None:
+                noise = noise.clamp(-self.noise_clip, self.noise_clip)
+            draws[name] = noise
+        return Randomness(tuple(x_shape), draws)
 
     def coder_loss(self, coder: GaussianCoder, x: torch.Tensor) -> torch.Tensor:
         return coder.loss(x, self.recon_loss, self.kl_weight, self.noise_clip)
@@ -125,11 +155,14 @@ class VAE(_VariationalPurifier):
         latent = latent_dim if latent_dim is not None else (256 if layout == "mnist" else 1024)
         self.net = paper_vae(layout, in_channels, self.image_size, int(latent))
 
-    def purify(self, x: torch.Tensor) -> torch.Tensor:
+    def purify(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise InputError(f"vae was built for {self.image_size}x{self.image_size} images; got "
                              f"shape {tuple(x.shape)} (patch-vae purifies any size)")
-        return self.reconstruct(self.net, x)
+        return self.reconstruct(self.net, x, randomness["latent"] if randomness else None)
+
+    def latent_noise_shapes(self, x_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+        return {"latent": (int(x_shape[0]), self.net.to_mu.out_features)}
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor,
                       classifier: nn.Module | None = None) -> torch.Tensor:
@@ -223,28 +256,45 @@ class PatchVAE(_VariationalPurifier):
                                     for p in sizes)
         self.patches_per_image = PATCHES_PER_IMAGE
 
-    def purify_size(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Reconstruction of x (N, C, H, W) with the VAE of ``patch_sizes[index]`` alone: pad,
-        cut into patches (one batched ``unfold``), reconstruct them in one pass, put them back
-        with ``fold`` and divide by the number of patches covering each pixel, crop."""
+    def grid(self, index: int, h: int, w: int
+             ) -> tuple[int, int, tuple[int, int, int], tuple[int, int, int]]:
+        """(patch, stride, rows grid, columns grid) of ``patch_sizes[index]`` on an h x w image,
+        each grid as :func:`patch_grid` gives it."""
         p = self.patch_sizes[index]
         s = p if self.stride == "full" else p // 2
+        return p, s, patch_grid(h, p, s), patch_grid(w, p, s)
+
+    def latent_noise_shapes(self, x_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+        shapes = {}
+        for i, coder in enumerate(self.coders):
+            p, s, (hp, _, _), (wp, _, _) = self.grid(i, int(x_shape[2]), int(x_shape[3]))
+            count = ((hp - p) // s + 1) * ((wp - p) // s + 1)
+            shapes[f"latent_{p}"] = (int(x_shape[0]) * count, coder.to_mu.out_features)
+        return shapes
+
+    def purify_size(self, x: torch.Tensor, index: int, noise: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """Reconstruction of x (N, C, H, W) with the VAE of ``patch_sizes[index]`` alone: pad,
+        cut into patches (one batched ``unfold``), reconstruct them in one pass, put them back
+        with ``fold`` and divide by the number of patches covering each pixel, crop. ``noise``
+        (N * patches, D) replays the latent noise."""
         n, c, h, w = x.shape
-        hp, top, bottom = patch_grid(h, p, s)
-        wp, left, right = patch_grid(w, p, s)
+        p, s, (hp, top, bottom), (wp, left, right) = self.grid(index, h, w)
         padded = F.pad(x, (left, right, top, bottom), mode="replicate") if (hp, wp) != (h, w) \
             else x
         cols = F.unfold(padded, p, stride=s)                        # (N, C*p*p, L)
         count = cols.shape[-1]
         patches = cols.transpose(1, 2).reshape(n * count, c, p, p)
-        rec = self.reconstruct(self.coders[index], patches)
+        rec = self.reconstruct(self.coders[index], patches, noise)
         rec_cols = rec.reshape(n, count, c * p * p).transpose(1, 2)
         summed = F.fold(rec_cols, (hp, wp), p, stride=s)
         cover = F.fold(torch.ones_like(cols[:1]), (hp, wp), p, stride=s)
         return (summed / cover)[..., top:top + h, left:left + w]
 
-    def purify(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.stack([self.purify_size(x, i) for i in range(len(self.coders))]).mean(0)
+    def purify(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
+        noise = [randomness[f"latent_{p}"] if randomness else None for p in self.patch_sizes]
+        out = torch.stack([self.purify_size(x, i, noise[i])
+                           for i in range(len(self.coders))]).mean(0)
         if self.smooth > 0:
             from kornia.filters import gaussian_blur2d
 

@@ -13,17 +13,19 @@ from torch.nn import functional as F
 
 
 def gaussian_sample(mu: torch.Tensor, logvar: torch.Tensor, sample: bool,
-                    noise_clip: float | None) -> torch.Tensor:
+                    noise_clip: float | None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """The reparameterised latent ``mu + exp(logvar / 2) * e``, e ~ N(0, I) clipped to
     ``[-noise_clip, noise_clip]`` (no clipping if None); ``mu`` itself when not ``sample``.
+    ``noise`` replays a draw of e (already clipped) instead of drawing one.
 
-    Shapes: mu, logvar (N, D) -> z (N, D).
+    Shapes: mu, logvar, noise (N, D) -> z (N, D).
     """
     if not sample:
         return mu
-    noise = torch.randn_like(mu)
-    if noise_clip is not None:
-        noise = noise.clamp(-noise_clip, noise_clip)
+    if noise is None:
+        noise = torch.randn_like(mu)
+        if noise_clip is not None:
+            noise = noise.clamp(-noise_clip, noise_clip)
     return mu + torch.exp(0.5 * logvar) * noise
 
 
@@ -68,11 +70,13 @@ class GaussianCoder(nn.Module):
         h = self.from_z(z).view(z.shape[0], *self.feature_shape)
         return self.decoder(h)[..., :size[0], :size[1]]
 
-    def forward(self, x: torch.Tensor, sample: bool = True, noise_clip: float | None = None
+    def forward(self, x: torch.Tensor, sample: bool = True, noise_clip: float | None = None,
+                noise: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction logits (N, C, H, W), mu, logvar) of images x in [0, 1]."""
+        """(reconstruction logits (N, C, H, W), mu, logvar) of images x in [0, 1]; ``noise``
+        (N, D) replays the latent noise."""
         mu, logvar = self.encode(x)
-        z = gaussian_sample(mu, logvar, sample, noise_clip)
+        z = gaussian_sample(mu, logvar, sample, noise_clip, noise)
         return self.decode_logits(z, x.shape[-2:]), mu, logvar
 
     def loss(self, x: torch.Tensor, recon_loss: str, kl_weight: float,
