@@ -1,16 +1,18 @@
-"""Random defenses judged honestly: replayable randomness and the fixed-randomness threat model
-(METHODS.md, "Judging random defenses")."""
+"""Random defenses judged honestly: replayable randomness, the fixed-randomness threat model and
+N-evaluation (METHODS.md, "Judging random defenses")."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import aepurify as ap
-from aepurify.attacks import (FixedRandomness, ThreatModel, parse_threat_model,
-                              resolve_threat_model, split_threat_model)
+from aepurify.attacks import (FixedRandomness, NEvaluation, ThreatModel, attack_module,
+                              build_attack, n_evaluate, parse_threat_model, resolve_threat_model,
+                              split_threat_model)
 from aepurify.errors import ConfigError, InputError, NotApplicableError
-from aepurify.purifiers import create_purifier
+from aepurify.purifiers import DefendedClassifier, create_purifier
 
 
 def random_purifiers(x: torch.Tensor) -> dict[str, ap.Purifier]:
@@ -20,7 +22,9 @@ def random_purifiers(x: torch.Tensor) -> dict[str, ap.Purifier]:
     apudae.calibrate(x)
     return {"vae": create_purifier("vae", "mnist").eval(),
             "patch-vae": create_purifier("patch-vae", "mnist", patch_sizes=[8, 16]).eval(),
-            "apudae": apudae}
+            "apudae": apudae,
+            "function": ap.as_purifier(lambda t: (t + 0.2 * torch.randn_like(t)).clamp(0, 1),
+                                       differentiable=True, stochastic=True, name="noise")}
 
 
 def test_fixed_randomness_is_deterministic_and_replays_the_sampled_draw(mnist_batch):
@@ -65,6 +69,15 @@ def test_randomness_parameters_are_checked(mnist_batch):
         create_purifier("magnet", "mnist").sample_randomness(tuple(x.shape))
 
 
+def test_a_purifier_with_a_private_generator_cannot_be_fixed(mnist_batch):
+    x = mnist_batch[0][:4]
+    gen = torch.Generator().manual_seed(0)
+    own = ap.as_purifier(lambda t: (t + 0.1 * torch.randn(t.shape, generator=gen)).clamp(0, 1),
+                         differentiable=True, stochastic=True)
+    with pytest.raises(NotApplicableError, match="cannot be re-seeded"):
+        FixedRandomness(own, seed=0)(x)
+
+
 def test_the_fixed_threat_model_is_parsed_and_validated_like_eot():
     assert split_threat_model("white-box+fixed") == ("white-box", "fixed")
     assert split_threat_model("fixed") == ("", "fixed")
@@ -82,3 +95,74 @@ def test_the_fixed_threat_model_is_parsed_and_validated_like_eot():
         "bpda+fixed"
     with pytest.raises(NotApplicableError, match="deterministic; fixed adds nothing"):
         resolve_threat_model("bpda+fixed", create_purifier("jpeg"))
+
+
+def test_an_attack_on_a_fixed_draw_is_judged_with_fresh_draws(tiny_lenet, mnist_batch):
+    x, y = mnist_batch[0][:32], mnist_batch[1][:32]
+    vae = random_purifiers(x)["vae"]
+    defended = DefendedClassifier(tiny_lenet, vae)
+    module = attack_module(resolve_threat_model("white-box+fixed", vae), defended)
+    assert isinstance(module.purifier, FixedRandomness)
+    torch.manual_seed(0)
+    x_adv = build_attack("pgd", module, 0.3, params={"steps": 5})(x, y)
+    assert float((x_adv - x).abs().max()) <= 0.3 + 1e-6
+    seed = module.purifier.seed
+    assert seed is not None                          # drawn at the first call, then held
+    with torch.no_grad():
+        assert torch.equal(module(x_adv), module(x_adv))
+    verdict = n_evaluate(defended, x_adv, y, seed=1)
+    assert verdict.n_eval == 10 and module.purifier.seed == seed
+
+
+# -- N-evaluation ----------------------------------------------------------------------------
+
+
+def test_n_evaluation_counts_every_draw(tiny_lenet, mnist_batch):
+    x, y = mnist_batch[0][:60], mnist_batch[1][:60]
+    noisy = ap.as_purifier(lambda t: (t + 0.6 * torch.randn_like(t)).clamp(0, 1),
+                           differentiable=True, stochastic=True, name="noise")
+    defended = DefendedClassifier(tiny_lenet, noisy)
+    state = torch.random.get_rng_state()
+    first = n_evaluate(defended, x, y, seed=3, batch_size=40)
+    assert torch.equal(state, torch.random.get_rng_state())
+    again = n_evaluate(defended, x, y, seed=3, batch_size=40)
+    other = n_evaluate(defended, x, y, seed=4, batch_size=40)
+    assert first.predictions.shape == (10, 60)
+    np.testing.assert_array_equal(first.predictions, again.predictions)
+    assert not np.array_equal(first.predictions, other.predictions)
+    s = first.summary()
+    assert s["n"] == 60 and s["n_eval"] == 10
+    assert s["all_of_n"] <= s["single_draw"] and s["all_of_n"] <= s["majority_vote"]
+    assert s["all_of_n"] < s["single_draw"]        # some examples survive only some draws
+    assert ((first.counts > 0) & (first.counts < 10)).any()
+    plain = n_evaluate(tiny_lenet, x, y, stochastic=False)
+    assert plain.n_eval == 1
+    assert plain.single_draw_accuracy == plain.majority_vote_accuracy == plain.all_of_n_accuracy
+
+
+def test_the_three_verdicts_on_known_predictions():
+    labels = np.array([0, 1, 2, 3])
+    predictions = np.array([[0, 1, 2, 0],      # draw 1
+                            [0, 2, 1, 3],      # draw 2
+                            [0, 1, 1, 5],      # draw 3
+                            [0, 1, 2, 5]])     # draw 4
+    v = NEvaluation(predictions, labels)
+    np.testing.assert_array_equal(v.counts, [4, 3, 2, 1])
+    np.testing.assert_array_equal(v.robust("single_draw"), [True, True, True, False])
+    # example 2: a 2-2 tie between classes 2 and 1 is not robust; example 3: 5 has 2 votes
+    np.testing.assert_array_equal(v.robust("majority_vote"), [True, True, False, False])
+    np.testing.assert_array_equal(v.robust("all_of_n"), [True, False, False, False])
+    assert (v.single_draw_accuracy, v.majority_vote_accuracy, v.all_of_n_accuracy) == \
+        (0.75, 0.5, 0.25)
+    with pytest.raises(ConfigError, match="unknown N-evaluation rule"):
+        v.robust("best-of-n")
+
+
+def test_n_evaluation_refuses_bad_labels_and_unknown_randomness(tiny_lenet, mnist_batch):
+    x = mnist_batch[0][:8]
+    with pytest.raises(InputError, match=r"class indices in \[0, 9\]"):
+        n_evaluate(tiny_lenet, x, torch.full((8,), 10), n_eval=1)
+    with pytest.raises(InputError, match="got 7 labels for 8 images"):
+        n_evaluate(tiny_lenet, x, torch.zeros(7, dtype=torch.int64), n_eval=1)
+    with pytest.raises(ConfigError, match="needs n_eval, or stochastic"):
+        n_evaluate(tiny_lenet, x, torch.zeros(8, dtype=torch.int64))

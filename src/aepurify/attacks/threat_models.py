@@ -116,13 +116,18 @@ def resolve_threat_model(text: str, purifier: Purifier, eot_samples: int | None 
     """The threat model ``text`` applied to ``purifier``.
 
     Raises:
-        ConfigError: malformed name.
+        ConfigError: malformed name, or a purifier whose differentiable / stochastic property is
+            unknown (``as_purifier`` without it, not yet probed).
         NotApplicableError: white-box on a non-differentiable purifier, eot or fixed on a
             deterministic one, adaptive on a purifier without an adaptive attack.
     """
     base, variant = split_threat_model(text)
     eot, fixed = variant == "eot", variant == "fixed"
-    name = type(purifier).__name__
+    name = getattr(purifier, "name", None) or type(purifier).__name__  # as_purifier's name
+    for prop in ("differentiable", "stochastic"):
+        if getattr(purifier, prop) is None:
+            raise ConfigError(f"{name}: whether it is {prop} is unknown; declare it in "
+                              "as_purifier(...) or probe it (aepurify.purifiers.probe_properties)")
     if base == "strongest":
         base, eot = ("white-box" if purifier.differentiable else "bpda"), purifier.stochastic
     if not base:  # plain "eot" or "fixed"
