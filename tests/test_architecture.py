@@ -21,7 +21,7 @@ KNOWN_CIRCLE_EDGES = {
 }
 # Files over MAX_LINES before this test existed, left to their owners (purifiers are being
 # edited in parallel); a mechanical split is theirs to make.
-KNOWN_LONG_FILES = {"purifiers/apudae.py", "purifiers/s2snet.py"}
+KNOWN_LONG_FILES = {"purifiers/s2snet.py"}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -93,4 +93,6 @@ def test_no_source_file_passes_400_lines():
         lines = len(path.read_text().splitlines())
         if lines > MAX_LINES and rel not in KNOWN_LONG_FILES:
             too_long[rel] = lines
+        if rel in KNOWN_LONG_FILES:  # the list only shrinks
+            assert lines > MAX_LINES, f"{rel} is now {lines} lines: drop it from KNOWN_LONG_FILES"
     assert not too_long, f"split these files (more than {MAX_LINES} lines): {too_long}"

@@ -11,15 +11,18 @@ Pixels are float tensors (N, C, H, W) in [0, 1] everywhere; epsilons are on that
     >>> test = ap.load_dataset("mnist", "test")
     >>> clf = ap.create_classifier("lenet", dataset="mnist")
     >>> defended = ap.DefendedClassifier(clf, ap.create_purifier("jpeg", quality=50))
+
+Your own classifier and purifier: ``ap.as_classifier(net, mean=..., std=..., sample=x)`` and
+``ap.as_purifier(fn, differentiable=None, stochastic=None)`` (None: probed).
 """
 
 from .data import ImageDataset, load_dataset
 from .errors import AepurifyError, CheckpointError, ConfigError, DataError, InputError
-from .models import create_classifier, load_classifier
-from .purifiers import DefendedClassifier, Purifier, create_purifier, load_purifier
+from .models import as_classifier, create_classifier, load_classifier
+from .purifiers import DefendedClassifier, Purifier, as_purifier, create_purifier, load_purifier
 from .version import __version__, code_version
 
 __all__ = ["__version__", "code_version", "load_dataset", "ImageDataset", "create_classifier",
            "load_classifier", "create_purifier", "load_purifier", "Purifier",
-           "DefendedClassifier", "AepurifyError", "CheckpointError", "ConfigError", "DataError",
-           "InputError"]
+           "DefendedClassifier", "as_classifier", "as_purifier", "AepurifyError",
+           "CheckpointError", "ConfigError", "DataError", "InputError"]

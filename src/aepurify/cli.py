@@ -271,7 +271,7 @@ def list_registered() -> None:
     out.print(f"data sets:     {', '.join(DATASETS.names())}")
     out.print(f"classifiers:   {', '.join(CLASSIFIERS.names())}")
     out.print(f"purifiers:     {', '.join(PURIFIERS.names())}")
-    out.print(f"threat models: {', '.join(BASES)} (+eot)")
+    out.print(f"threat models: {', '.join(BASES)} (+eot or +fixed)")
     out.print(f"attacks:       {', '.join(ATTACKS.names())}")
 
 

@@ -95,9 +95,15 @@ def set_targeted(attack: Any, name: str, targeted: str | None) -> Any:
     return attack
 
 
-def num_classes_of(model: nn.Module, default: int = 10) -> int:
-    """The number of logits of ``model``, read from the classifier inside threat-model
-    wrappers (``num_classes`` attribute), else ``default``."""
+def num_classes_of(model: nn.Module) -> int:
+    """The number of logits of ``model``, read from the ``num_classes`` attribute of the model or
+    of the classifier inside threat-model wrappers (EOT, BPDA, a defended classifier).
+
+    Raises:
+        ConfigError: no ``num_classes`` anywhere in the module tree (never assumed: a 1,000-class
+            classifier taken for 10 classes breaks ART and the targeted attacks); wrap the
+            classifier with ``aepurify.as_classifier``, which reads it from a forward pass.
+    """
     seen: set[int] = set()
     stack = [model]
     while stack:
@@ -105,10 +111,12 @@ def num_classes_of(model: nn.Module, default: int = 10) -> int:
         if id(m) in seen:
             continue
         seen.add(id(m))
-        if isinstance(getattr(m, "num_classes", None), int):
-            return m.num_classes
+        k = getattr(m, "num_classes", None)
+        if isinstance(k, int) and not isinstance(k, bool):
+            return k
         stack.extend(m.children())
-    return default
+    raise ConfigError(f"cannot tell how many classes {type(model).__name__} has (no num_classes "
+                      "attribute); wrap the classifier with aepurify.as_classifier(...)")
 
 
 class WithinBudget:

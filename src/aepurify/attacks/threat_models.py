@@ -11,6 +11,10 @@ adversarial examples are always *evaluated* on the real defended classifier.
 - ``eot``: Expectation over Transformation: average over k draws of the purifier's randomness;
   composes with white-box or bpda (``white-box+eot``, ``bpda+eot``); plain ``eot`` means
   white-box+eot for a differentiable purifier and bpda+eot otherwise.
+- ``+fixed`` (``white-box+fixed``, ``bpda+fixed``; plain ``fixed`` picks the base as plain
+  ``eot`` does): the purifier's random draw held fixed during the attack, so the attacker
+  differentiates one deterministic function; the examples are evaluated with fresh draws (Liu and
+  Wei 2025, arXiv 2505.22839; see :mod:`.fixed_randomness`). Only for stochastic purifiers.
 - ``transfer``: examples crafted on another classifier (the source), evaluated on this one.
 - ``adaptive``: the purifier's own adaptive attack (defense-specific; see each purifier).
 - ``black-box``: the attacker only queries the defended classifier's outputs; for gradient-free
@@ -30,8 +34,10 @@ from torch import nn
 
 from ..errors import ConfigError, NotApplicableError
 from ..purifiers.base import DefendedClassifier, EvalWrapper, Purifier
+from .fixed_randomness import FixedRandomness
 
 BASES = ("gray-box", "white-box", "bpda", "transfer", "adaptive", "black-box")
+VARIANTS = ("eot", "fixed")
 
 
 @dataclass(frozen=True)
@@ -42,16 +48,18 @@ class ThreatModel:
         base: one of ``gray-box``, ``white-box``, ``bpda``, ``transfer``, ``adaptive``.
         eot: average over ``eot_samples`` draws of the purifier's randomness.
         eot_samples: k, the number of draws per gradient.
+        fixed: the purifier's random draw held fixed during the attack (``+fixed``).
     """
 
     base: str
     eot: bool = False
     eot_samples: int = 1
+    fixed: bool = False
 
     @property
     def name(self) -> str:
-        """Name as written in result rows, e.g. ``bpda+eot``."""
-        return f"{self.base}+eot" if self.eot else self.base
+        """Name as written in result rows, e.g. ``bpda+eot``, ``white-box+fixed``."""
+        return self.base + ("+eot" if self.eot else "") + ("+fixed" if self.fixed else "")
 
     @property
     def uses_purifier_gradients(self) -> bool:
@@ -59,29 +67,48 @@ class ThreatModel:
         return self.base in ("white-box", "bpda", "adaptive", "black-box")
 
 
-def parse_threat_model(text: str) -> tuple[str, bool]:
-    """Split ``"bpda+eot"`` into ``("bpda", True)``; plain ``"eot"`` gives ``("", True)``.
+def split_threat_model(text: str) -> tuple[str, str | None]:
+    """Split ``"bpda+eot"`` into ``("bpda", "eot")``, ``"white-box+fixed"`` into
+    ``("white-box", "fixed")``; plain ``"eot"`` / ``"fixed"`` give ``("", variant)``.
 
     Raises:
-        ConfigError: unknown part, or eot combined with gray-box or transfer (those attackers
-            never see the purifier's randomness).
+        ConfigError: unknown part; eot combined with gray-box, transfer or adaptive (those
+            attackers never see the purifier's randomness); fixed combined with anything but
+            white-box or bpda; eot and fixed together.
     """
     if text.strip() == "strongest":
-        return "strongest", False
+        return "strongest", None
     parts = [p.strip() for p in text.split("+") if p.strip()]
-    eot = "eot" in parts
-    rest = [p for p in parts if p != "eot"]
-    if len(rest) > 1 or (not rest and not eot) or parts.count("eot") > 1:
+    variants = [p for p in parts if p in VARIANTS]
+    rest = [p for p in parts if p not in VARIANTS]
+    if set(variants) == set(VARIANTS):
+        raise ConfigError(f"{text!r}: eot averages many draws and fixed holds one; choose one")
+    if len(rest) > 1 or not parts or len(variants) > 1:
         raise ConfigError(f"unknown threat model {text!r}; use one of {', '.join(BASES)}, "
-                          "optionally with +eot, or strongest")
+                          "optionally with +eot or +fixed, or strongest")
     base = rest[0] if rest else ""
     if base and base not in BASES:
         raise ConfigError(f"unknown threat model {base!r} in {text!r}; use one of "
-                          f"{', '.join(BASES)}, optionally with +eot")
-    if eot and base in ("gray-box", "transfer", "adaptive"):
+                          f"{', '.join(BASES)}, optionally with +eot or +fixed")
+    variant = variants[0] if variants else None
+    if variant == "eot" and base in ("gray-box", "transfer", "adaptive"):
         raise ConfigError(f"{text!r}: eot averages the purifier's randomness; combine it with "
                           "white-box, bpda or black-box")
-    return base, eot
+    if variant == "fixed" and base not in ("", "white-box", "bpda"):
+        raise ConfigError(f"{text!r}: fixed holds the purifier's draw fixed for an attacker who "
+                          "differentiates it; combine it with white-box or bpda")
+    return base, variant
+
+
+def parse_threat_model(text: str) -> tuple[str, bool]:
+    """Split ``"bpda+eot"`` into ``("bpda", True)``; plain ``"eot"`` gives ``("", True)``;
+    ``+fixed`` is accepted and validated (:func:`split_threat_model` returns it).
+
+    Raises:
+        ConfigError: as :func:`split_threat_model`.
+    """
+    base, variant = split_threat_model(text)
+    return base, variant == "eot"
 
 
 def resolve_threat_model(text: str, purifier: Purifier, eot_samples: int | None = None
@@ -89,25 +116,31 @@ def resolve_threat_model(text: str, purifier: Purifier, eot_samples: int | None 
     """The threat model ``text`` applied to ``purifier``.
 
     Raises:
-        ConfigError: malformed name.
-        NotApplicableError: white-box on a non-differentiable purifier, eot on a deterministic
-            one, adaptive on a purifier without an adaptive attack.
+        ConfigError: malformed name, or a purifier whose differentiable / stochastic property is
+            unknown (``as_purifier`` without it, not yet probed).
+        NotApplicableError: white-box on a non-differentiable purifier, eot or fixed on a
+            deterministic one, adaptive on a purifier without an adaptive attack.
     """
-    base, eot = parse_threat_model(text)
-    name = type(purifier).__name__
+    base, variant = split_threat_model(text)
+    eot, fixed = variant == "eot", variant == "fixed"
+    name = getattr(purifier, "name", None) or type(purifier).__name__  # as_purifier's name
+    for prop in ("differentiable", "stochastic"):
+        if getattr(purifier, prop) is None:
+            raise ConfigError(f"{name}: whether it is {prop} is unknown; declare it in "
+                              "as_purifier(...) or probe it (aepurify.purifiers.probe_properties)")
     if base == "strongest":
         base, eot = ("white-box" if purifier.differentiable else "bpda"), purifier.stochastic
-    if not base:  # plain "eot"
+    if not base:  # plain "eot" or "fixed"
         base = "white-box" if purifier.differentiable else "bpda"
     if base == "white-box" and not purifier.differentiable:
         raise NotApplicableError(f"white-box needs exact gradients, and {name} is not "
                                  "differentiable; use bpda")
-    if eot and not purifier.stochastic:
-        raise NotApplicableError(f"{name} is deterministic; eot adds nothing")
+    if (eot or fixed) and not purifier.stochastic:
+        raise NotApplicableError(f"{name} is deterministic; {variant} adds nothing")
     if base == "adaptive" and not hasattr(purifier, "adaptive_attack"):
         raise NotApplicableError(f"{name} has no adaptive attack of its own")
     k = eot_samples if eot_samples is not None else purifier.default_eot_samples
-    return ThreatModel(base, eot, k if eot else 1)
+    return ThreatModel(base, eot, k if eot else 1, fixed)
 
 
 def check_attack(tm: ThreatModel, attack: str, norm: str | None = None,
@@ -215,7 +248,10 @@ def attack_module(tm: ThreatModel, defended: DefendedClassifier,
 
     Raises:
         ConfigError: transfer without a source classifier, or adaptive (no generic module).
+        NotApplicableError: fixed randomness on a deterministic purifier.
     """
+    if tm.fixed:  # the attacker differentiates one draw, held for the whole attack
+        defended = DefendedClassifier(defended.classifier, FixedRandomness(defended.purifier))
     if tm.base == "gray-box":
         module: nn.Module = defended.classifier
     elif tm.base == "transfer":

@@ -18,9 +18,11 @@ from .lenet import LeNet
 from .resnet import ResNet18
 from .small_cnn import SmallCNN
 from .vgg import VGG11
+from .wrapped import WrappedClassifier, as_classifier, check_labels, check_logits
 
 __all__ = ["CLASSIFIERS", "Classifier", "create_classifier", "load_classifier",
-           "LeNet", "SmallCNN", "ResNet18", "VGG11"]
+           "LeNet", "SmallCNN", "ResNet18", "VGG11", "WrappedClassifier", "as_classifier",
+           "check_labels", "check_logits"]
 
 CLASSIFIERS: Registry[Classifier] = Registry("classifier")
 CLASSIFIERS.register("lenet")(LeNet)

@@ -20,12 +20,16 @@ from .base import DefendedClassifier, Identity, Purifier
 from .feature_dae import HGD, FeatureDAE
 from .magnet import MagNet
 from .patch_vae import VAE, PatchVAE
+from .probe import PropertyReport, PurifierProperties, probe_properties
+from .randomness import Randomness
 from .s2snet import S2SNet
 from .transforms import JPEG, BitDepth, Median
+from .wrapped import FunctionPurifier, as_purifier
 
 __all__ = ["PURIFIERS", "Purifier", "DefendedClassifier", "create_purifier", "load_purifier",
            "Identity", "MagNet", "S2SNet", "JPEG", "BitDepth", "Median", "FeatureDAE", "HGD",
-           "APuDAE", "VAE", "PatchVAE"]
+           "APuDAE", "VAE", "PatchVAE", "as_purifier", "FunctionPurifier", "Randomness",
+           "probe_properties", "PurifierProperties", "PropertyReport"]
 
 PURIFIERS: Registry[Purifier] = Registry("purifier")
 PURIFIERS.register("none")(Identity)

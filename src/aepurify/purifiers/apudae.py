@@ -32,11 +32,15 @@ stride 2 in the first conv and the last transposed conv, a skip connection every
 from the encoder to the mirrored decoder layer, and a global residual followed by ReLU.
 ``layers=15, features=64`` is the paper's REDNet-30 for CIFAR-10; the MNIST demo uses a shallow
 one (see ``configs/demo-mnist.yaml``).
+
+Replayable randomness (``adaptive`` mode): the uniform noise of every refinement step can be
+sampled apart from its use (``sample_randomness``: ``uniform`` of shape (steps, N, C, H, W) in
+[-1, 1)) and passed back (``forward(x, randomness=params)``). The default forward still draws
+one step's noise at a time from the global generator, so seeded results do not change.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -45,7 +49,10 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError, NotApplicableError
 from ..utils import batches
-from .base import Purifier, batchnorm_affine
+from .base import Purifier
+from .rednet import REDNet
+from .randomness import Randomness, sample_tensor
+from .sbim import SBIM
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -69,78 +76,6 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 TRAIN_EXTRA = {"calibration_images"}
-
-
-class REDNet(nn.Module):
-    """REDNet-style denoising autoencoder (Mao et al. 2016) as used by APuDAE.
-
-    Args:
-        in_channels: C of the images.
-        layers: conv blocks in the encoder (and transposed-conv blocks in the decoder); 15 is
-            REDNet-30.
-        features: channels of every hidden layer (64 in the paper).
-
-    Shapes:
-        (N, C, H, W) -> (N, C, H, W), not clipped (>= 0 because of the final ReLU).
-    """
-
-    def __init__(self, in_channels: int = 3, layers: int = 15, features: int = 64) -> None:
-        super().__init__()
-        if layers < 1 or features < 1:
-            raise ConfigError(f"REDNet needs layers >= 1 and features >= 1; got layers={layers}, "
-                              f"features={features}")
-        self.layers = layers
-
-        def block(conv: nn.Module) -> nn.Sequential:
-            # The authors' order: convolution, ReLU, then BatchNorm.
-            return nn.Sequential(conv, nn.ReLU(), nn.BatchNorm2d(features))
-
-        self.encoder = nn.ModuleList(
-            [block(nn.Conv2d(in_channels, features, 3, stride=2, padding=1))]
-            + [block(nn.Conv2d(features, features, 3, padding=1)) for _ in range(layers - 1)])
-        self.decoder = nn.ModuleList(
-            [block(nn.ConvTranspose2d(features, features, 3, padding=1))
-             for _ in range(layers - 1)])
-        self.last = nn.ConvTranspose2d(features, in_channels, 3, stride=2, padding=1)
-        # Encoder outputs kept for the symmetric skips: after every second conv, at most
-        # ceil(layers / 2) - 1 of them (REDNet's rule).
-        self.n_skips = math.ceil(layers / 2) - 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = x
-        skips: list[torch.Tensor] = []
-        h = x
-        for i, layer in enumerate(self.encoder):
-            h = self._block(layer, h)
-            if (i + 1) % 2 == 0 and len(skips) < self.n_skips:
-                skips.append(h)
-        used = 0
-        for i, layer in enumerate(self.decoder):
-            h = self._block(layer, h)
-            if (i + 1 + self.layers) % 2 == 0 and used < len(skips):
-                used += 1
-                h = F.relu(h + skips[-used])
-        # output_size makes the stride-2 transposed conv undo the stride-2 conv for odd sizes too.
-        h = self.last(h, output_size=residual.shape[-2:])
-        return F.relu(h + residual)
-
-    def _block(self, block: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
-        """One conv, ReLU, BatchNorm block. In eval mode it takes a faster, equivalent path: the
-        purifier runs the DAE forward and backward 13 times per image, and on CPU PyTorch's
-        stride-1 transposed convolution and eval-mode BatchNorm backward are several times
-        slower than a plain convolution and a per-channel affine map."""
-        if self.training:
-            return block(h)
-        conv, _, bn = block
-        if isinstance(conv, nn.ConvTranspose2d) and conv.stride == (1, 1):
-            # A stride-1 transposed conv is a conv with the kernel flipped and in/out swapped.
-            weight = conv.weight.flip(2, 3).transpose(0, 1)
-            h = F.conv2d(h, weight, conv.bias, padding=conv.padding)
-        else:
-            h = conv(h)
-        h = F.relu(h)
-        scale, shift = batchnorm_affine(bn)
-        return h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 
 class APuDAE(Purifier):
@@ -259,10 +194,24 @@ class APuDAE(Purifier):
 
     # -- purification -------------------------------------------------------------------------
 
-    def purify(self, x: torch.Tensor) -> torch.Tensor:
+    def purify(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
         if self.mode == "direct":
             return self.reconstruct(x)
-        return self.refine(x)
+        return self.refine(x, randomness)
+
+    def sample_randomness(self, x_shape: tuple[int, ...], generator: torch.Generator | None = None,
+                          device: torch.device | str | None = None) -> Randomness:
+        """The refinement noise of one call on images of ``x_shape`` (N, C, H, W): ``uniform``,
+        (steps, N, C, H, W) in [-1, 1), scaled per image and step by the noise amplitude.
+
+        Raises:
+            NotApplicableError: a deterministic mode (no noise to sample).
+        """
+        if not self.stochastic:
+            raise NotApplicableError(f"APuDAE in mode {self.mode!r} is deterministic; it has no "
+                                     "randomness to sample")
+        uniform = sample_tensor("uniform", (self.steps, *x_shape), generator, device)
+        return Randomness(tuple(x_shape), {"uniform": uniform.mul_(2).sub_(1)})
 
     def _loss(self, r: torch.Tensor) -> torch.Tensor:
         """The refinement objective summed over the batch (each image's delta only sees its
@@ -273,8 +222,9 @@ class APuDAE(Purifier):
             return (F.relu(r - self.mu) ** 2).sum() / self.sigma ** 2
         return (r * torch.sigmoid((r - self.mu) / self.sigma)).sum()  # adaptive-dist
 
-    def refine(self, x: torch.Tensor) -> torch.Tensor:
-        """Adam on delta for ``steps`` steps (see the module docstring), batched.
+    def refine(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
+        """Adam on delta for ``steps`` steps (see the module docstring), batched; the noise of
+        step t is ``randomness["uniform"][t - 1]`` if given, else a fresh draw.
 
         Works under ``torch.no_grad()`` callers (gradients are enabled locally). Without
         ``exact_gradients`` the returned image's gradient with respect to x is the identity
@@ -299,7 +249,8 @@ class APuDAE(Purifier):
                     factor = ((r - self.mu) / (2 * self.sigma)) ** 2
                     amp = self.noise * factor.clamp(0, self.noise_cap)
                     amp = amp if exact else amp.detach()
-                    uniform = torch.rand_like(x).mul_(2).sub_(1)
+                    uniform = randomness["uniform"][t - 1] if randomness is not None \
+                        else torch.rand_like(x).mul_(2).sub_(1)
                     base = (base + amp.view(-1, 1, 1, 1) * uniform).clamp(-1, 2)
                 (g,) = torch.autograd.grad(loss, delta, create_graph=exact)
                 m = b1 * m + (1 - b1) * g
@@ -404,93 +355,6 @@ class APuDAE(Purifier):
             noisy = (x_cal + self.noise_std * noise).clamp(0, 1)
             metrics["held_out_denoising_mse"] = float(F.mse_loss(self.reconstruct(noisy), x_cal))
         return metrics
-
-
-class SBIM:
-    """S-BIM, APuDAE's adaptive attack (the authors' ``S_BIM``): sign-gradient steps that fool
-    the classifier while keeping the DAE's reconstruction error low, so the adaptive refinement
-    sees a clean-looking input and leaves it alone.
-
-    Each step ascends ``-w * MSE(x, DAE(x)) - (1 - w) * max(margin, -kappa)`` per image, where
-    MSE is the mean squared reconstruction error over pixels and, for a targeted attack,
-    margin = max_{j != t} z_j - z_t (z the logits, t the target class; the authors draw a random
-    wrong class); untargeted, margin = z_y - max_{j != y} z_j. The step is ``alpha * sign(grad)``,
-    projected onto the L-inf ball of radius eps and [0, 1].
-
-    Differences from the authors' code, which are fixes: their loop never zeroes the gradient
-    (so each step uses the sum of all gradients so far) and clips to eps only once at the end;
-    this one uses each step's own gradient and projects after every step, as BIM does.
-
-    Args:
-        defended: the defended classifier (classifier + APuDAE purifier).
-        purifier: the APuDAE purifier whose DAE measures the reconstruction error.
-        eps: L-inf budget on the [0, 1] scale.
-        steps: sign steps (7, the paper's BIM).
-        alpha: step size (None: eps / 4, the paper's 2/255 at eps 8/255).
-        recon_weight: w, the weight of the reconstruction term (0.5 in the paper).
-        kappa: the margin is clipped at -kappa (4 in the authors' code).
-        targeted: ``random`` (the paper: a random wrong class), ``least-likely``, or None.
-        margin_on: whose logits: ``classifier`` (the bare classifier, as in the paper) or
-            ``bpda`` (the defended classifier: forward through the real refinement, backward
-            through the purifier's BPDA surrogate).
-        random_start: start from a uniform random point of the eps-ball.
-
-    Shapes: (x (N, C, H, W) in [0, 1], y (N,)) -> x_adv (N, C, H, W) in [0, 1].
-
-    Raises:
-        ConfigError: bad option values.
-    """
-
-    def __init__(self, defended: nn.Module, purifier: APuDAE, eps: float, steps: int = 7,
-                 alpha: float | None = None, recon_weight: float = 0.5, kappa: float = 4.0,
-                 targeted: str | None = "random", margin_on: str = "classifier",
-                 random_start: bool = False) -> None:
-        from ..attacks.threat_models import BPDAClassifier
-
-        if steps < 1 or not 0 <= recon_weight <= 1 or kappa < 0:
-            raise ConfigError(f"S-BIM needs steps >= 1, 0 <= recon_weight <= 1 and kappa >= 0; "
-                              f"got steps={steps}, recon_weight={recon_weight}, kappa={kappa}")
-        if targeted not in (None, "random", "least-likely"):
-            raise ConfigError(f"S-BIM targeted must be random, least-likely or null; got "
-                              f"{targeted!r}")
-        if margin_on not in ("classifier", "bpda"):
-            raise ConfigError(f"S-BIM margin_on must be classifier or bpda; got {margin_on!r}")
-        self.model = defended.classifier if margin_on == "classifier" else BPDAClassifier(defended)
-        self.purifier = purifier
-        self.eps, self.steps = eps, steps
-        self.alpha = alpha if alpha is not None else eps / 4
-        self.recon_weight, self.kappa = recon_weight, kappa
-        self.targeted, self.random_start = targeted, random_start
-
-    def _targets(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            logits = self.model(x)
-        if self.targeted == "least-likely":
-            return logits.argmin(1)
-        k = logits.shape[1]  # random wrong class, uniform over the other k - 1
-        shift = torch.randint(1, k, y.shape, device=y.device)
-        return (y + shift) % k
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        target = self._targets(x, y) if self.targeted else y
-        x_adv = x.clone()
-        if self.random_start:
-            x_adv = (x_adv + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp(0, 1)
-        w = self.recon_weight
-        for _ in range(self.steps):
-            with torch.enable_grad():
-                x_adv.requires_grad_(True)
-                logits = self.model(x_adv)
-                mse = (x_adv - self.purifier.reconstruct(x_adv)).pow(2).flatten(1).mean(1)
-                z_t = logits.gather(1, target.view(-1, 1)).squeeze(1)
-                others = logits.scatter(1, target.view(-1, 1), float("-inf")).amax(1)
-                margin = others - z_t if self.targeted else z_t - others
-                objective = -w * mse - (1 - w) * margin.clamp(min=-self.kappa)
-                (grad,) = torch.autograd.grad(objective.sum(), x_adv)
-            x_adv = x_adv.detach() + self.alpha * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
-        return x_adv.detach()
 
 
 def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:

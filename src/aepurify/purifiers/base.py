@@ -7,6 +7,9 @@ It declares how an attacker may differentiate it:
 - ``stochastic``: ``forward`` draws randomness, so an honest attack needs EOT;
 - ``surrogate(x)``: the differentiable approximation BPDA backpropagates through (identity by
   default, Athalye, Carlini and Wagner, ICML 2018).
+
+A stochastic purifier's draws can be sampled apart from their use and replayed
+(``sample_randomness`` / ``forward(x, randomness=...)``, see :mod:`.randomness`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from ..checkpoint import Configurable
 from ..checks import check_images
+from .randomness import Randomness, replay, seed_randomness
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -53,9 +57,14 @@ class Purifier(Configurable, nn.Module):
     Shapes:
         forward, surrogate: (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1].
 
+    Randomness: ``forward(x)`` draws fresh randomness; ``forward(x, randomness=params)`` with
+    ``params = sample_randomness(x.shape, generator)`` replays one draw. Stochastic purifiers
+    with explicit draws override :meth:`sample_randomness` and take ``randomness`` in
+    :meth:`purify`; the others are replayed by re-seeding the global generators.
+
     Raises:
         InputError: (from forward) not a float (N, C, H, W) tensor, wrong C, or values outside
-            [0, 1].
+            [0, 1]; ``randomness`` sampled for another shape.
     """
 
     differentiable: ClassVar[bool] = True
@@ -69,9 +78,21 @@ class Purifier(Configurable, nn.Module):
         super().__init__()
         self.in_channels = in_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
         check_images(x, channels=self.in_channels)
-        return self.purify(x)
+        if randomness is None:
+            return self.purify(x)
+        return replay(self, x, randomness)
+
+    def sample_randomness(self, x_shape: tuple[int, ...], generator: torch.Generator | None = None,
+                          device: torch.device | str | None = None) -> Randomness:
+        """The draws of one call on images of shape ``x_shape`` (N, C, H, W), from
+        ``generator`` (the global generator if None), as tensors on ``device``.
+
+        Raises:
+            NotApplicableError: the purifier is deterministic.
+        """
+        return seed_randomness(self, x_shape, generator)
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
         """The purification itself, on validated input. Override this."""

@@ -26,6 +26,10 @@ the two sides (2 px each side there), purified, and cropped back; images smaller
 are padded up to one patch. Border pixels are covered by fewer patches than interior ones; the
 average divides by each pixel's own count, so every pixel is an average of the patches that
 cover it.
+
+Replayable randomness: the latent noise ``e`` of one call can be sampled apart from its use
+(``sample_randomness``) and passed back (``forward(x, randomness=params)``); the default forward
+draws it as before, from the global generator, so seeded results do not change.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, NotApplicableError
 from .base import Purifier
+from .randomness import Randomness, sample_tensor
+from .vae_nets import GaussianCoder, paper_vae, patch_coder
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -48,121 +54,6 @@ if TYPE_CHECKING:
 LAYOUTS = ("mnist", "cifar10")
 RECON_LOSSES = ("mse", "bce")
 STRIDES = ("half", "full")
-
-
-def gaussian_sample(mu: torch.Tensor, logvar: torch.Tensor, sample: bool,
-                    noise_clip: float | None) -> torch.Tensor:
-    """The reparameterised latent ``mu + exp(logvar / 2) * e``, e ~ N(0, I) clipped to
-    ``[-noise_clip, noise_clip]`` (no clipping if None); ``mu`` itself when not ``sample``.
-
-    Shapes: mu, logvar (N, D) -> z (N, D).
-    """
-    if not sample:
-        return mu
-    noise = torch.randn_like(mu)
-    if noise_clip is not None:
-        noise = noise.clamp(-noise_clip, noise_clip)
-    return mu + torch.exp(0.5 * logvar) * noise
-
-
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) || N(0, I)) per sample, (N, D) -> (N,), in nats."""
-    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
-
-
-class GaussianCoder(nn.Module):
-    """A VAE network: ``encoder`` (images -> feature map of ``feature_shape``), two dense heads
-    for the posterior mean and log-variance, a dense layer back to ``feature_shape`` and
-    ``decoder`` (feature map -> pre-sigmoid image).
-
-    Args:
-        encoder: (N, C, H, W) -> (N, *feature_shape).
-        feature_shape: (channels, height, width) of the encoder's output.
-        latent_dim: D, the size of z.
-        decoder: (N, *feature_shape) -> logits (N, C, H', W') with H' >= H, W' >= W (cropped).
-        dense_activation: applied after the dense layer from z (the Keras MNIST/CIFAR-10 models
-            used none; the patch coder uses ReLU).
-    """
-
-    def __init__(self, encoder: nn.Module, feature_shape: tuple[int, int, int], latent_dim: int,
-                 decoder: nn.Module, dense_activation: bool = False) -> None:
-        super().__init__()
-        flat = math.prod(feature_shape)
-        self.encoder = encoder
-        self.feature_shape = tuple(feature_shape)
-        self.to_mu = nn.Linear(flat, latent_dim)
-        self.to_logvar = nn.Linear(flat, latent_dim)
-        self.from_z = nn.Sequential(nn.Linear(latent_dim, flat),
-                                    nn.ReLU() if dense_activation else nn.Identity())
-        self.decoder = decoder
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance, each (N, D)."""
-        h = self.encoder(x).flatten(1)
-        return self.to_mu(h), self.to_logvar(h)
-
-    def decode_logits(self, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Pre-sigmoid reconstruction (N, C, *size) of latents z (N, D)."""
-        h = self.from_z(z).view(z.shape[0], *self.feature_shape)
-        return self.decoder(h)[..., :size[0], :size[1]]
-
-    def forward(self, x: torch.Tensor, sample: bool = True, noise_clip: float | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction logits (N, C, H, W), mu, logvar) of images x in [0, 1]."""
-        mu, logvar = self.encode(x)
-        z = gaussian_sample(mu, logvar, sample, noise_clip)
-        return self.decode_logits(z, x.shape[-2:]), mu, logvar
-
-    def loss(self, x: torch.Tensor, recon_loss: str, kl_weight: float,
-             noise_clip: float | None) -> torch.Tensor:
-        """Mean over the batch of (per-image reconstruction loss summed over pixels
-        + ``kl_weight`` * KL). ``mse`` summed over pixels is the paper's ``C*H*W * MSE``."""
-        logits, mu, logvar = self(x, sample=True, noise_clip=noise_clip)
-        if recon_loss == "bce":
-            rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        else:
-            rec = (torch.sigmoid(logits) - x).pow(2)
-        return (rec.flatten(1).sum(1) + kl_weight * kl_divergence(mu, logvar)).mean()
-
-
-def _conv(cin: int, cout: int) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, padding=1)
-
-
-def paper_vae(layout: str, in_channels: int, image_size: int, latent_dim: int) -> GaussianCoder:
-    """The authors' whole-image VAE (their Keras ``vae_model_mnist`` / ``vae_model_cifar``).
-
-    Keras' "same" max-pooling rounds odd sizes up (``ceil_mode``); the decoder's output is
-    cropped back to ``image_size``.
-    """
-    c, s = in_channels, image_size
-    if layout == "mnist":
-        side = math.ceil(math.ceil(s / 2) / 2)
-        encoder = nn.Sequential(_conv(c, 16), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
-                                _conv(16, 8), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True))
-        decoder = nn.Sequential(_conv(8, 8), nn.ReLU(), nn.Upsample(scale_factor=2),
-                                _conv(8, 16), nn.ReLU(), nn.Upsample(scale_factor=2),
-                                _conv(16, c))
-        return GaussianCoder(encoder, (8, side, side), latent_dim, decoder)
-    side = math.ceil(s / 2)
-    encoder = nn.Sequential(_conv(c, 64), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
-                            _conv(64, 32), nn.ReLU(), _conv(32, 16), nn.ReLU())
-    decoder = nn.Sequential(_conv(16, 16), nn.ReLU(), _conv(16, 32), nn.ReLU(),
-                            nn.Upsample(scale_factor=2), _conv(32, 64), nn.ReLU(), _conv(64, c))
-    return GaussianCoder(encoder, (16, side, side), latent_dim, decoder)
-
-
-def patch_coder(in_channels: int, patch_size: int, latent_dim: int, width: int
-                ) -> GaussianCoder:
-    """A small convolutional VAE for ``patch_size`` x ``patch_size`` patches: two stride-2
-    4x4 convs (width, 2 * width channels) to a dense latent, and two stride-2 transposed convs
-    back. ``patch_size`` must be a multiple of 4."""
-    c, w, side = in_channels, width, patch_size // 4
-    encoder = nn.Sequential(nn.Conv2d(c, w, 4, 2, 1), nn.ReLU(),
-                            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU())
-    decoder = nn.Sequential(nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),
-                            nn.ConvTranspose2d(w, c, 4, 2, 1))
-    return GaussianCoder(encoder, (2 * w, side, side), latent_dim, decoder, dense_activation=True)
 
 
 class _VariationalPurifier(Purifier):
@@ -192,10 +83,35 @@ class _VariationalPurifier(Purifier):
         """Random exactly when z is sampled; the posterior mean is deterministic."""
         return self.sample
 
-    def reconstruct(self, coder: GaussianCoder, x: torch.Tensor) -> torch.Tensor:
-        """``coder``'s reconstruction of x (N, C, H, W) in [0, 1], in [0, 1]."""
-        logits, _, _ = coder(x, sample=self.sample, noise_clip=self.noise_clip)
+    def reconstruct(self, coder: GaussianCoder, x: torch.Tensor,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``coder``'s reconstruction of x (N, C, H, W) in [0, 1], in [0, 1]; ``noise`` (N, D)
+        replays the latent noise."""
+        logits, _, _ = coder(x, sample=self.sample, noise_clip=self.noise_clip, noise=noise)
         return torch.sigmoid(logits)
+
+    def latent_noise_shapes(self, x_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+        """Name -> (rows, D) of the latent noise one call on ``x_shape`` draws, in draw order."""
+        raise NotImplementedError
+
+    def sample_randomness(self, x_shape: tuple[int, ...], generator: torch.Generator | None = None,
+                          device: torch.device | str | None = None) -> Randomness:
+        """The latent noise e ~ N(0, I) (clipped to +-noise_clip) of one call on images of
+        ``x_shape``, drawn in the order the default forward draws it.
+
+        Raises:
+            NotApplicableError: ``sample=False`` (the posterior mean is deterministic).
+        """
+        if not self.sample:
+            raise NotApplicableError(f"{type(self).__name__} with sample=False is deterministic; "
+                                     "it has no randomness to sample")
+        draws = {}
+        for name, shape in self.latent_noise_shapes(x_shape).items():
+            noise = sample_tensor("normal", shape, generator, device)
+            if self.noise_clip is not None:
+                noise = noise.clamp(-self.noise_clip, self.noise_clip)
+            draws[name] = noise
+        return Randomness(tuple(x_shape), draws)
 
     def coder_loss(self, coder: GaussianCoder, x: torch.Tensor) -> torch.Tensor:
         return coder.loss(x, self.recon_loss, self.kl_weight, self.noise_clip)
@@ -239,11 +155,14 @@ class VAE(_VariationalPurifier):
         latent = latent_dim if latent_dim is not None else (256 if layout == "mnist" else 1024)
         self.net = paper_vae(layout, in_channels, self.image_size, int(latent))
 
-    def purify(self, x: torch.Tensor) -> torch.Tensor:
+    def purify(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise InputError(f"vae was built for {self.image_size}x{self.image_size} images; got "
                              f"shape {tuple(x.shape)} (patch-vae purifies any size)")
-        return self.reconstruct(self.net, x)
+        return self.reconstruct(self.net, x, randomness["latent"] if randomness else None)
+
+    def latent_noise_shapes(self, x_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+        return {"latent": (int(x_shape[0]), self.net.to_mu.out_features)}
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor,
                       classifier: nn.Module | None = None) -> torch.Tensor:
@@ -337,28 +256,45 @@ class PatchVAE(_VariationalPurifier):
                                     for p in sizes)
         self.patches_per_image = PATCHES_PER_IMAGE
 
-    def purify_size(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Reconstruction of x (N, C, H, W) with the VAE of ``patch_sizes[index]`` alone: pad,
-        cut into patches (one batched ``unfold``), reconstruct them in one pass, put them back
-        with ``fold`` and divide by the number of patches covering each pixel, crop."""
+    def grid(self, index: int, h: int, w: int
+             ) -> tuple[int, int, tuple[int, int, int], tuple[int, int, int]]:
+        """(patch, stride, rows grid, columns grid) of ``patch_sizes[index]`` on an h x w image,
+        each grid as :func:`patch_grid` gives it."""
         p = self.patch_sizes[index]
         s = p if self.stride == "full" else p // 2
+        return p, s, patch_grid(h, p, s), patch_grid(w, p, s)
+
+    def latent_noise_shapes(self, x_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+        shapes = {}
+        for i, coder in enumerate(self.coders):
+            p, s, (hp, _, _), (wp, _, _) = self.grid(i, int(x_shape[2]), int(x_shape[3]))
+            count = ((hp - p) // s + 1) * ((wp - p) // s + 1)
+            shapes[f"latent_{p}"] = (int(x_shape[0]) * count, coder.to_mu.out_features)
+        return shapes
+
+    def purify_size(self, x: torch.Tensor, index: int, noise: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """Reconstruction of x (N, C, H, W) with the VAE of ``patch_sizes[index]`` alone: pad,
+        cut into patches (one batched ``unfold``), reconstruct them in one pass, put them back
+        with ``fold`` and divide by the number of patches covering each pixel, crop. ``noise``
+        (N * patches, D) replays the latent noise."""
         n, c, h, w = x.shape
-        hp, top, bottom = patch_grid(h, p, s)
-        wp, left, right = patch_grid(w, p, s)
+        p, s, (hp, top, bottom), (wp, left, right) = self.grid(index, h, w)
         padded = F.pad(x, (left, right, top, bottom), mode="replicate") if (hp, wp) != (h, w) \
             else x
         cols = F.unfold(padded, p, stride=s)                        # (N, C*p*p, L)
         count = cols.shape[-1]
         patches = cols.transpose(1, 2).reshape(n * count, c, p, p)
-        rec = self.reconstruct(self.coders[index], patches)
+        rec = self.reconstruct(self.coders[index], patches, noise)
         rec_cols = rec.reshape(n, count, c * p * p).transpose(1, 2)
         summed = F.fold(rec_cols, (hp, wp), p, stride=s)
         cover = F.fold(torch.ones_like(cols[:1]), (hp, wp), p, stride=s)
         return (summed / cover)[..., top:top + h, left:left + w]
 
-    def purify(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.stack([self.purify_size(x, i) for i in range(len(self.coders))]).mean(0)
+    def purify(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
+        noise = [randomness[f"latent_{p}"] if randomness else None for p in self.patch_sizes]
+        out = torch.stack([self.purify_size(x, i, noise[i])
+                           for i in range(len(self.coders))]).mean(0)
         if self.smooth > 0:
             from kornia.filters import gaussian_blur2d
 

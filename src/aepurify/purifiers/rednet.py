@@ -1,0 +1,85 @@
+"""REDNet, the denoising autoencoder of APuDAE (Mao, Shen and Yang, NeurIPS 2016, as in the
+code of Kalaria, Hazra and Chakrabarti, arXiv 2208.13838); the purifier is in :mod:`.apudae`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from .base import batchnorm_affine
+
+
+class REDNet(nn.Module):
+    """REDNet-style denoising autoencoder (Mao et al. 2016) as used by APuDAE.
+
+    Args:
+        in_channels: C of the images.
+        layers: conv blocks in the encoder (and transposed-conv blocks in the decoder); 15 is
+            REDNet-30.
+        features: channels of every hidden layer (64 in the paper).
+
+    Shapes:
+        (N, C, H, W) -> (N, C, H, W), not clipped (>= 0 because of the final ReLU).
+    """
+
+    def __init__(self, in_channels: int = 3, layers: int = 15, features: int = 64) -> None:
+        super().__init__()
+        if layers < 1 or features < 1:
+            raise ConfigError(f"REDNet needs layers >= 1 and features >= 1; got layers={layers}, "
+                              f"features={features}")
+        self.layers = layers
+
+        def block(conv: nn.Module) -> nn.Sequential:
+            # The authors' order: convolution, ReLU, then BatchNorm.
+            return nn.Sequential(conv, nn.ReLU(), nn.BatchNorm2d(features))
+
+        self.encoder = nn.ModuleList(
+            [block(nn.Conv2d(in_channels, features, 3, stride=2, padding=1))]
+            + [block(nn.Conv2d(features, features, 3, padding=1)) for _ in range(layers - 1)])
+        self.decoder = nn.ModuleList(
+            [block(nn.ConvTranspose2d(features, features, 3, padding=1))
+             for _ in range(layers - 1)])
+        self.last = nn.ConvTranspose2d(features, in_channels, 3, stride=2, padding=1)
+        # Encoder outputs kept for the symmetric skips: after every second conv, at most
+        # ceil(layers / 2) - 1 of them (REDNet's rule).
+        self.n_skips = math.ceil(layers / 2) - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x
+        skips: list[torch.Tensor] = []
+        h = x
+        for i, layer in enumerate(self.encoder):
+            h = self._block(layer, h)
+            if (i + 1) % 2 == 0 and len(skips) < self.n_skips:
+                skips.append(h)
+        used = 0
+        for i, layer in enumerate(self.decoder):
+            h = self._block(layer, h)
+            if (i + 1 + self.layers) % 2 == 0 and used < len(skips):
+                used += 1
+                h = F.relu(h + skips[-used])
+        # output_size makes the stride-2 transposed conv undo the stride-2 conv for odd sizes too.
+        h = self.last(h, output_size=residual.shape[-2:])
+        return F.relu(h + residual)
+
+    def _block(self, block: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        """One conv, ReLU, BatchNorm block. In eval mode it takes a faster, equivalent path: the
+        purifier runs the DAE forward and backward 13 times per image, and on CPU PyTorch's
+        stride-1 transposed convolution and eval-mode BatchNorm backward are several times
+        slower than a plain convolution and a per-channel affine map."""
+        if self.training:
+            return block(h)
+        conv, _, bn = block
+        if isinstance(conv, nn.ConvTranspose2d) and conv.stride == (1, 1):
+            # A stride-1 transposed conv is a conv with the kernel flipped and in/out swapped.
+            weight = conv.weight.flip(2, 3).transpose(0, 1)
+            h = F.conv2d(h, weight, conv.bias, padding=conv.padding)
+        else:
+            h = conv(h)
+        h = F.relu(h)
+        scale, shift = batchnorm_affine(bn)
+        return h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
