@@ -167,7 +167,8 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
     seed_everything(config.seed)
     test = load_dataset(config.dataset, "test", data_dir).take(config.n_test)
     train = _lazy(lambda: load_dataset(config.dataset, "train", data_dir))
-    common = {"train_data": train, "test_data": test, "cache_dir": cache_dir, "device": dev}
+    common = {"train_data": train, "test_data": test, "cache_dir": cache_dir, "device": dev,
+              "data_dir": data_dir}
     classifiers = {c.row_label: _get_classifier(c, config, common) for c in config.classifiers}
     source = (_get_classifier(config.transfer_source, config, common)
               if config.transfer_source is not None else None)
@@ -184,7 +185,7 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
             purifiers[(clf_label, p.row_label)] = get_purifier(
                 p.name, config.dataset, params=p.params, settings=p.train,
                 checkpoint=p.checkpoint, classifier=clf, train_data=train, cache_dir=cache_dir,
-                device=dev)
+                device=dev, data_dir=data_dir)
     exp = Experiment(config, Path(out_dir), dev, test, train, classifiers, source, purifiers)
     exp.cells, exp.skipped = plan(exp)
     return exp
