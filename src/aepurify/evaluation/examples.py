@@ -57,7 +57,8 @@ def example_figures(exp: Experiment, rows: list[ResultRow], store: ResultStore,
         (caption, file name) for each figure written.
     """
     written = []
-    classes = exp.test.classes
+    # class names, not indices; ImageNet's can be long: cut to fit a panel title
+    classes = [c if len(c) <= 22 else c[:21] + "…" for c in exp.test.classes]
     for (clf, pur), row in pick_rows(rows).items():
         adv = store.examples(row.key)
         if adv is None:

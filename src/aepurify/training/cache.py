@@ -153,7 +153,8 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
 
     def fit(model: nn.Module) -> dict[str, Any]:
         train = _training_data(settings, train_data, data_dir)
-        metrics = fit_classifier(model, train, settings, device=device)
+        metrics = {**fit_classifier(model, train, settings, device=device),
+                   "train_data": train.name}
         if test_data is not None:
             metrics["test_accuracy"] = accuracy(model, test_data, device=device,
                                                 desc=f"test {arch}")
@@ -223,7 +224,8 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
     def fit(module: nn.Module) -> dict[str, Any]:
         clf = classifier.module if classifier is not None else None
         train = _training_data(settings, train_data, data_dir)
-        return module.fit(train, settings, classifier=clf, device=device)  # type: ignore[operator]
+        metrics = module.fit(train, settings, classifier=clf, device=device)  # type: ignore[operator]
+        return {**metrics, "train_data": train.name}
 
     module, config = _train_and_save(
         target, build, fit, kind="purifier", name=name,
