@@ -226,3 +226,18 @@ def test_imagenet_pipeline_end_to_end_on_two_samples(tmp_path):
     assert all(r.dataset == "imagenet-samples" and r.n == 2 for r in rows)
     record = (tmp_path / "run" / "run.json").read_text()
     assert "crops-imagefolder-natural-32px" in record and "pretrained" in record
+
+
+@pytest.mark.parametrize("dataset, fragment", [
+    ({"kind": "imagefolder", "root": "/nonexistent/val"}, "image folder /nonexistent/val does not exist"),
+    ({"kind": "imagefolder", "root": "x", "image_size": 2}, "image_size"),
+    ({"kind": "tfrecords", "root": "x"}, "kind: imagefolder"),
+])
+def test_bad_image_folder_in_a_config_is_one_line(tmp_path, dataset, fragment):
+    import yaml
+
+    from .test_cli import assert_one_line_error, run_cli
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"dataset": dataset, "classifier": {"arch": "lenet"}}))
+    assert_one_line_error(run_cli("evaluate", str(path), "--out", str(tmp_path / "o")), fragment)
