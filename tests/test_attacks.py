@@ -9,7 +9,7 @@ from torch import nn
 
 from aepurify.attacks import (EOT, BPDAClassifier, attack_module, bpda_purify, build_attack,
                               parse_threat_model, resolve_threat_model)
-from aepurify.attacks.threat_models import EOT_CHUNK_ACCELERATOR, EOT_CHUNK_CPU
+from aepurify.attacks.threat_models import EOT_PIXELS_ACCELERATOR, EOT_PIXELS_CPU
 from aepurify.errors import ConfigError, NotApplicableError
 from aepurify.purifiers import DefendedClassifier, Purifier, create_purifier
 
@@ -70,7 +70,7 @@ def test_eot_averages_logits_over_draws(mnist_batch):
     noise = torch.randn(5 * 6, 10).view(5, 6, 10)  # the same draws, in the batched layout
     assert torch.allclose(got, (x.flatten(1)[:, :10] + noise).mean(0), atol=1e-6)
     linear = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    chunked = EOT(linear, samples=50, max_batch=32)  # several chunks of draws
+    chunked = EOT(linear, samples=50, max_pixels=32 * 784)  # several chunks of draws
     assert torch.allclose(chunked(x), linear(x), atol=1e-5)
 
 
@@ -86,20 +86,40 @@ class _CallSizes(nn.Module):
         return x.flatten(1)[:, :10]
 
 
-def test_eot_chunks_draws_by_device_on_cpu(mnist_batch):
-    x = mnist_batch[0][:100]
+def test_eot_chunks_draws_by_pixels_on_cpu(mnist_batch):
+    x = mnist_batch[0][:100]  # 100 x 1 x 28 x 28 = 78,400 pixel values per draw
     recorder = _CallSizes()
-    out = EOT(recorder, samples=20)(x)  # max_batch None: the CPU chunk size
-    assert max(recorder.sizes) <= EOT_CHUNK_CPU and sum(recorder.sizes) == 20 * 100
+    out = EOT(recorder, samples=20)(x)  # max_pixels None: the CPU budget
+    per_call = EOT_PIXELS_CPU // x.numel()  # 10 draws of 100 images
+    assert recorder.sizes == [per_call * 100] * (20 // per_call)
+    assert max(recorder.sizes) * 784 <= EOT_PIXELS_CPU and sum(recorder.sizes) == 20 * 100
     assert torch.allclose(out, x.flatten(1)[:, :10], atol=1e-6)
     recorder.sizes.clear()
-    EOT(recorder, samples=20, max_batch=EOT_CHUNK_ACCELERATOR)(x)
+    EOT(recorder, samples=20, max_pixels=EOT_PIXELS_ACCELERATOR)(x)
     assert recorder.sizes == [2000]  # all draws in one call
+    # the budget counts pixels, not images: 224 px RGB images (49x the pixels of 3x32x32 ones)
+    # go 5 per call on a CPU where 3x32x32 ones go 256
     recorder.sizes.clear()
-    EOT(recorder, samples=3)(torch.rand(EOT_CHUNK_CPU + 1, 1, 28, 28))
-    assert recorder.sizes == [EOT_CHUNK_CPU + 1] * 3  # at least one draw per call
-    with pytest.raises(ConfigError, match="max_batch"):
-        EOT(recorder, samples=3, max_batch=0)
+    EOT(recorder, samples=12)(torch.rand(1, 3, 224, 224))
+    assert recorder.sizes == [5, 5, 2]
+    recorder.sizes.clear()
+    EOT(recorder, samples=300)(torch.rand(1, 3, 32, 32))
+    assert recorder.sizes == [256, 44]
+    recorder.sizes.clear()
+    EOT(recorder, samples=3)(torch.rand(EOT_PIXELS_CPU // 784 + 1, 1, 28, 28))
+    assert recorder.sizes == [EOT_PIXELS_CPU // 784 + 1] * 3  # at least one draw per call
+    with pytest.raises(ConfigError, match="max_pixels"):
+        EOT(recorder, samples=3, max_pixels=0)
+
+
+def test_attack_module_takes_the_eot_pixel_budget(tiny_lenet, mnist_batch):
+    defended = DefendedClassifier(tiny_lenet, _Noisy())
+    tm = resolve_threat_model("white-box+eot", defended.purifier, eot_samples=4)
+    module = attack_module(tm, defended, eot_pixels=2 * 784)
+    recorder = _CallSizes()
+    module.module = recorder
+    module(mnist_batch[0][:1])
+    assert module.max_pixels == 2 * 784 and recorder.sizes == [2, 2]
 
 
 def test_eot_threat_model_on_a_stochastic_purifier(tiny_lenet, mnist_batch):

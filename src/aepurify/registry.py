@@ -33,11 +33,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Callable[..., T]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator that registers a class or factory under ``name``."""
+    def register(self, name: str, replace: bool = False
+                 ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator that registers a class or factory under ``name`` (``replace``: over an
+        earlier entry of that name, as a re-registered image folder does)."""
 
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
-            if name in self._entries:
+            if name in self._entries and not replace:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = factory
             return factory

@@ -184,51 +184,58 @@ class BPDAClassifier(EvalWrapper):
         return self.classifier(bpda_purify(self.purifier, x))
 
 
-# Images per EOT chunk. On a CPU a batch past a few hundred 32x32 images falls out of the
-# caches: one bpda+eot gradient of APuDAE took 3.6x longer with all 2,000 images (100 x 20
-# draws) in one call than in chunks of 256 (benchmarks/eot_chunking.py); an accelerator wants
-# large batches.
-EOT_CHUNK_CPU = 256
-EOT_CHUNK_ACCELERATOR = 4096
+# Pixel values (N x C x H x W) per call of the module in an EOT chunk, tuned at 32 px: on a CPU a
+# batch past a few hundred 3x32x32 images falls out of the caches (one bpda+eot gradient of
+# APuDAE took 3.6x longer with all 2,000 images, 100 x 20 draws, in one call than in chunks of
+# 256: benchmarks/eot_chunking.py); an accelerator wants large batches (4096 such images). A
+# budget in pixels, not images, keeps a call's memory the same at any image size: 224 px images
+# (49x the pixels of 32 px ones) get 5 per call on a CPU, not 256.
+EOT_PIXELS_CPU = 256 * 3 * 32 * 32
+EOT_PIXELS_ACCELERATOR = 4096 * 3 * 32 * 32
+
+
+def eot_pixel_budget(device: torch.device) -> int:
+    """Default pixel values per EOT call on ``device`` (:data:`EOT_PIXELS_CPU` on a CPU,
+    :data:`EOT_PIXELS_ACCELERATOR` otherwise)."""
+    return EOT_PIXELS_CPU if device.type == "cpu" else EOT_PIXELS_ACCELERATOR
 
 
 class EOT(EvalWrapper):
     """Average ``module``'s logits over ``samples`` draws of its randomness; ``module`` stays in
     eval mode (see :class:`~aepurify.purifiers.base.EvalWrapper`).
 
-    The draws are batched: the input repeated r times per call, r chosen so that a call holds
-    at most ``max_batch`` images (at least one draw). ``max_batch=None`` picks it by the input's
-    device (:data:`EOT_CHUNK_CPU` on a CPU, :data:`EOT_CHUNK_ACCELERATOR` otherwise); the
-    chunking changes speed and memory only, not the result. Averaging logits, rather than
-    losses, is the common EOT variant for attacks that read logits (Athalye, Engstrom, Ilyas and
-    Kwok, ICML 2018 average the loss; both estimate the gradient of the expectation).
+    The draws are batched: the input (N, C, H, W) repeated r times per call, r chosen so that a
+    call holds at most ``max_pixels`` pixel values (r * N * C * H * W; at least one draw per
+    call). ``max_pixels=None`` picks the budget by the input's device
+    (:func:`eot_pixel_budget`); the chunking changes speed and memory only, not the result.
+    Averaging logits, rather than losses, is the common EOT variant for attacks that read logits
+    (Athalye, Engstrom, Ilyas and Kwok, ICML 2018 average the loss; both estimate the gradient
+    of the expectation).
 
     Shapes: (N, C, H, W) -> logits (N, K).
 
     Raises:
-        ConfigError: ``samples`` or ``max_batch`` below 1.
+        ConfigError: ``samples`` or ``max_pixels`` below 1.
     """
 
-    def __init__(self, module: nn.Module, samples: int, max_batch: int | None = None) -> None:
+    def __init__(self, module: nn.Module, samples: int, max_pixels: int | None = None) -> None:
         super().__init__()
         if samples < 1:
             raise ConfigError(f"eot needs at least 1 sample; got {samples}")
-        if max_batch is not None and max_batch < 1:
-            raise ConfigError(f"eot max_batch must be >= 1; got {max_batch}")
+        if max_pixels is not None and max_pixels < 1:
+            raise ConfigError(f"eot max_pixels must be >= 1; got {max_pixels}")
         self.module = module
         self.samples = samples
-        self.max_batch = max_batch
+        self.max_pixels = max_pixels
         self.eval()
 
-    def chunk_images(self, device: torch.device) -> int:
-        """Most images per call of the wrapped module on ``device``."""
-        if self.max_batch is not None:
-            return self.max_batch
-        return EOT_CHUNK_CPU if device.type == "cpu" else EOT_CHUNK_ACCELERATOR
+    def chunk_pixels(self, device: torch.device) -> int:
+        """Most pixel values per call of the wrapped module on ``device``."""
+        return self.max_pixels if self.max_pixels is not None else eot_pixel_budget(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        per_chunk = max(1, self.chunk_images(x.device) // max(n, 1))
+        per_chunk = max(1, self.chunk_pixels(x.device) // max(x.numel(), 1))
         total = None
         for start in range(0, self.samples, per_chunk):
             r = min(per_chunk, self.samples - start)
@@ -238,13 +245,14 @@ class EOT(EvalWrapper):
 
 
 def attack_module(tm: ThreatModel, defended: DefendedClassifier,
-                  source: nn.Module | None = None) -> nn.Module:
+                  source: nn.Module | None = None, eot_pixels: int | None = None) -> nn.Module:
     """The module the attacker differentiates under threat model ``tm``.
 
     Args:
         tm: resolved threat model (not ``adaptive``: that one builds its own attack).
         defended: the defended classifier under attack.
         source: the transfer source classifier (required for ``transfer``).
+        eot_pixels: pixel values per call of an EOT chunk (None: by device, see :class:`EOT`).
 
     Raises:
         ConfigError: transfer without a source classifier, or adaptive (no generic module).
@@ -265,4 +273,4 @@ def attack_module(tm: ThreatModel, defended: DefendedClassifier,
         module = BPDAClassifier(defended)
     else:
         raise ConfigError(f"threat model {tm.name!r} has no generic attack module")
-    return EOT(module, tm.eot_samples) if tm.eot else module
+    return EOT(module, tm.eot_samples, max_pixels=eot_pixels) if tm.eot else module

@@ -189,7 +189,10 @@ class ExperimentConfig(_Strict):
 
     Attributes:
         name: experiment name (report title).
-        dataset: data set registry name.
+        dataset: data set registry name, or an image folder
+            ``{kind: imagefolder, root: DIR, image_size: 224, ...}`` (see
+            :class:`aepurify.data.ImageFolderOptions`), registered under its name on validation.
+        dataset_source: the image folder mapping ``dataset`` was given as (None for a name).
         data_dir: folder with the data files (else --data-dir, AEPURIFY_DATA, cache).
         seed: base seed; every row derives its own from it.
         n_test: evaluate on the first n_test test images.
@@ -210,6 +213,7 @@ class ExperimentConfig(_Strict):
 
     name: str = "experiment"
     dataset: str
+    dataset_source: dict[str, Any] | None = None
     data_dir: str | None = None
     seed: int = 0
     n_test: int = Field(1000, ge=1)
@@ -232,6 +236,22 @@ class ExperimentConfig(_Strict):
             return check_device_name(value)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_folder(cls, data: Any) -> Any:
+        """An image folder mapping as ``dataset``: register it, keep the mapping (a dumped
+        config, with the name and the mapping, registers it again)."""
+        if not isinstance(data, dict):
+            return data
+        source = data.get("dataset")
+        if not isinstance(source, dict):
+            source = data.get("dataset_source")
+        if isinstance(source, dict):
+            from ..data import register_dataset
+
+            data = {**data, "dataset": register_dataset(source), "dataset_source": source}
+        return data
 
     @model_validator(mode="before")
     @classmethod

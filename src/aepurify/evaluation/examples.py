@@ -57,7 +57,8 @@ def example_figures(work: Workload, rows: list[ResultRow], store: ResultStore,
         (escape it before it goes into markdown).
     """
     written = []
-    classes = work.classes
+    # class names, not indices; ImageNet's can be long: cut to fit a panel title
+    classes = [c if len(c) <= 22 else c[:21] + "…" for c in work.classes]
     for (clf, pur), row in pick_rows(rows).items():
         adv = store.examples(row.key)
         if adv is None:

@@ -93,7 +93,8 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
     test = full_test.take(config.n_test)
     train = _lazy(lambda: load_dataset(config.dataset, "train", data_dir))
     # a classifier trained here records its accuracy on the whole test split, not on n_test
-    common = {"train_data": train, "test_data": full_test, "cache_dir": cache_dir, "device": dev}
+    common = {"train_data": train, "test_data": full_test, "cache_dir": cache_dir, "device": dev,
+              "data_dir": data_dir}
     classifiers = {c.row_label: _get_classifier(c, config, common) for c in config.classifiers}
     source = (_get_classifier(config.transfer_source, config, common)
               if config.transfer_source is not None else None)
@@ -110,7 +111,7 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
             purifiers[(clf_label, p.row_label)] = get_purifier(
                 p.name, config.dataset, params=p.params, settings=p.train,
                 checkpoint=p.checkpoint, classifier=clf, train_data=train, cache_dir=cache_dir,
-                device=dev)
+                device=dev, data_dir=data_dir)
     plan = plan_grid(config, classifiers, purifiers, source, len(test))
     x, y = test.tensors(slice(None), dev)
     workload = Workload(

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 
 from ..checkpoint import load_checkpoint
+from ..errors import ConfigError
 from ..registry import Registry
 from .base import Classifier
+from .efficientnet import EfficientNetLite0
 from .lenet import LeNet
 from .resnet import ResNet18
 from .small_cnn import SmallCNN
@@ -21,32 +23,50 @@ from .vgg import VGG11
 from .wrapped import WrappedClassifier, as_classifier, check_labels, check_logits
 
 __all__ = ["CLASSIFIERS", "Classifier", "create_classifier", "load_classifier",
-           "LeNet", "SmallCNN", "ResNet18", "VGG11", "WrappedClassifier", "as_classifier",
-           "check_labels", "check_logits"]
+           "LeNet", "SmallCNN", "ResNet18", "VGG11", "EfficientNetLite0", "is_pretrained",
+           "WrappedClassifier", "as_classifier", "check_labels", "check_logits"]
 
 CLASSIFIERS: Registry[Classifier] = Registry("classifier")
 CLASSIFIERS.register("lenet")(LeNet)
 CLASSIFIERS.register("small-cnn")(SmallCNN)
 CLASSIFIERS.register("resnet18")(ResNet18)
 CLASSIFIERS.register("vgg11")(VGG11)
+CLASSIFIERS.register("efficientnet-lite0")(EfficientNetLite0)
+
+
+def is_pretrained(arch: str) -> bool:
+    """Whether ``arch`` comes with its own weights and is never trained (``trainable = False``
+    on its class, e.g. ``efficientnet-lite0``)."""
+    return not getattr(CLASSIFIERS.get(arch), "trainable", True)
 
 
 def create_classifier(arch: str, dataset: str | None = None, **params: Any) -> Classifier:
     """Build an untrained classifier by name.
 
     Args:
-        arch: ``lenet``, ``small-cnn``, ``resnet18`` or ``vgg11``.
+        arch: ``lenet``, ``small-cnn``, ``resnet18``, ``vgg11`` or ``efficientnet-lite0``
+            (pretrained: built with its weights).
         dataset: if given, fills in channels, image size, class count and normalisation
-            statistics from the data set; explicit ``params`` win.
+            statistics from the data set; explicit ``params`` win. A pretrained classifier keeps
+            its own normalisation and is checked against the data set's channels and classes.
         params: architecture keyword arguments.
 
     Raises:
-        ConfigError: unknown architecture, data set or parameter.
+        ConfigError: unknown architecture, data set or parameter; a pretrained classifier whose
+            channels or classes do not match the data set.
     """
     if dataset is not None:
         from ..data import dataset_spec
 
         spec = dataset_spec(dataset)
+        if is_pretrained(arch):
+            net = CLASSIFIERS.create(arch, **params)
+            channels, classes = net.input_shape[0], net.num_classes
+            if channels != spec.image_shape[0] or classes < spec.num_classes:
+                raise ConfigError(f"classifier {arch} ({channels} channels, {classes} classes) "
+                                  f"does not fit data set {spec.name} "
+                                  f"({spec.image_shape[0]} channels, {spec.num_classes} classes)")
+            return net
         params = {"in_channels": spec.image_shape[0], "image_size": spec.image_shape[1],
                   "num_classes": spec.num_classes, "mean": list(spec.mean),
                   "std": list(spec.std), **params}

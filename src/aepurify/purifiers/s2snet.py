@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
+from ..utils import channels_last_input
 from .base import Purifier, batchnorm_affine
 
 if TYPE_CHECKING:
@@ -86,18 +87,6 @@ class ConvBNReLU(nn.Module):
         # the white-box rows through its masked gradient move with the last bit
         bias = (self.conv.bias - self.bn.running_mean) * scale + self.bn.bias
         return F.relu(F.conv2d(x, weight, bias, padding=1))
-
-
-class _NCHWGrad(torch.autograd.Function):
-    """Identity forward; backward returns the gradient as a contiguous NCHW tensor."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous()
 
 
 def _plain_stage(stage: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
@@ -197,9 +186,7 @@ class S2SNet(Purifier):
         Shapes: x (N, C, H, W) in [0, 1] -> (N, c_last, H / 2^k, W / 2^k), k index tensors.
         """
         indices, sizes = [], []
-        # channels-last inside, but the input gradient leaves in the caller's NCHW layout:
-        # attacks such as torchattacks' PGD-L2 call .view() on it
-        h = _NCHWGrad.apply(x).contiguous(memory_format=torch.channels_last)
+        h = channels_last_input(x)  # the input gradient still leaves in NCHW
         for stage in self.encoder:
             h = stage(h)
             sizes.append(h.shape[-2:])

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ..checkpoint import save_checkpoint
-from ..data import ImageDataset, cache_root
+from ..data import ImageDataset, cache_root, load_training_data
 from ..errors import CheckpointError
-from ..models import Classifier, create_classifier, load_classifier
+from ..models import Classifier, create_classifier, is_pretrained, load_classifier
 from ..purifiers import Purifier, create_purifier, load_purifier, purifier_class
 from ..utils import (TRAIN_THREADS, preserved_rng, seed_everything, stable_hash, train_threads,
                      training_numerics)
@@ -41,7 +41,8 @@ class Trained:
     Attributes:
         module: the classifier or purifier (eval mode).
         key: cache key (hash of what determines the weights); "" for untrained transforms.
-        origin: ``"trained"``, ``"cache"``, ``"checkpoint"`` or ``"untrained"``.
+        origin: ``"trained"``, ``"cache"``, ``"checkpoint"``, ``"pretrained"`` (packaged
+            weights, e.g. efficientnet-lite0) or ``"untrained"``.
         path: checkpoint directory, if any.
         config: the checkpoint's config.json content (training metrics etc.), if any.
     """
@@ -55,6 +56,17 @@ class Trained:
 
 def model_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir is not None else cache_root() / "models"
+
+
+def _training_data(settings: TrainSettings, train_data: Callable[[], ImageDataset] | None,
+                   data_dir: str | Path | None) -> ImageDataset:
+    """What a model trains on: ``settings.data`` if it names a source, else ``train_data()``.
+    Sources are made anew per model (crops are cheap next to training, and a data set held for
+    the whole run would keep hundreds of MB of 224 px crops alive)."""
+    if settings.data is not None:
+        return load_training_data(settings.data, data_dir)
+    assert train_data is not None, "training needs train_data or settings.data"
+    return train_data()
 
 
 def _from_cache(target: Path, key: str,
@@ -113,7 +125,8 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
                    settings: TrainSettings | None = None, checkpoint: str | Path | None = None,
                    train_data: Callable[[], ImageDataset] | None = None,
                    test_data: ImageDataset | None = None, cache_dir: str | Path | None = None,
-                   device: torch.device | str = "cpu") -> Trained:
+                   device: torch.device | str = "cpu", data_dir: str | Path | None = None
+                   ) -> Trained:
     """A trained classifier: from ``checkpoint``, from the cache, or trained now (and cached).
 
     Args:
@@ -122,11 +135,13 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
         params: architecture keyword arguments.
         settings: training settings (used when training).
         checkpoint: a checkpoint directory to load instead of training.
-        train_data: returns the training split (called only if training is needed).
+        train_data: returns the training split (called only if training is needed and
+            ``settings.data`` names no other source).
         test_data: if given, test accuracy is measured on it after training and recorded, with
             the number of images (``test_accuracy``, ``test_images``); pass the whole test
             split.
         cache_dir: model cache (default ``$AEPURIFY_CACHE/models``).
+        data_dir: data folder for a ``settings.data`` source.
 
     Raises:
         CheckpointError: the checkpoint is missing, corrupt, of another architecture or was
@@ -141,6 +156,10 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
                                   f"not {dataset}")
         return Trained(module, config.get("cache_key") or stable_hash(config), "checkpoint",
                        Path(checkpoint), config)
+    if is_pretrained(arch):  # packaged weights: nothing to train, nothing to cache
+        module = create_classifier(arch, dataset, **params).to(device).eval()
+        return Trained(module, stable_hash({"kind": "pretrained", "arch": arch, "params": params}),
+                       "pretrained", None, {})
     key = stable_hash({"v": CACHE_VERSION, "kind": "classifier", "arch": arch, "params": params,
                        "dataset": dataset, "train": settings.model_dump(),
                        **_numerics_key(device)})
@@ -151,8 +170,9 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
     log.info("training classifier %s on %s (cache %s)", arch, dataset, target)
 
     def fit(model: nn.Module) -> dict[str, Any]:
-        assert train_data is not None, "training needs train_data"
-        metrics = fit_classifier(model, train_data(), settings, device=device)
+        train = _training_data(settings, train_data, data_dir)
+        metrics = {**fit_classifier(model, train, settings, device=device),
+                   "train_data": train.name}
         if test_data is not None:
             metrics["test_accuracy"] = accuracy(model, test_data, device=device,
                                                 desc=f"test {arch}")
@@ -174,8 +194,8 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
                  settings: TrainSettings | None = None, checkpoint: str | Path | None = None,
                  classifier: Trained | None = None,
                  train_data: Callable[[], ImageDataset] | None = None,
-                 cache_dir: str | Path | None = None, device: torch.device | str = "cpu"
-                 ) -> Trained:
+                 cache_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                 data_dir: str | Path | None = None) -> Trained:
     """A ready purifier: untrained transforms are built directly; trainable ones come from
     ``checkpoint``, the cache, or are trained now (and cached).
 
@@ -187,7 +207,9 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
         checkpoint: checkpoint directory to load instead of training.
         classifier: the defended classifier; used (and part of the cache key) by purifiers that
             train against it.
-        train_data: returns the training split (called only if training is needed).
+        train_data: returns the training split (called only if training is needed and
+            ``settings.data`` names no other source).
+        data_dir: data folder for a ``settings.data`` source.
 
     Raises:
         CheckpointError: bad checkpoint (see :func:`aepurify.purifiers.load_purifier`).
@@ -219,9 +241,10 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
         return create_purifier(name, dataset, **params).to(device)
 
     def fit(module: nn.Module) -> dict[str, Any]:
-        assert train_data is not None, "training needs train_data"
         clf = classifier.module if classifier is not None else None
-        return module.fit(train_data(), settings, classifier=clf, device=device)  # type: ignore[operator]
+        train = _training_data(settings, train_data, data_dir)
+        metrics = module.fit(train, settings, classifier=clf, device=device)  # type: ignore[operator]
+        return {**metrics, "train_data": train.name}
 
     module, config = _train_and_save(
         target, build, fit, kind="purifier", name=name, device=device,

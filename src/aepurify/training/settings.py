@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..data import CropOptions, ImageFolderOptions
+
+TrainingSource = Annotated[CropOptions | ImageFolderOptions, Field(discriminator="kind")]
 
 
 class TrainSettings(BaseModel):
@@ -21,6 +25,11 @@ class TrainSettings(BaseModel):
         augment: random crop (4 px padding) and horizontal flip, for CIFAR-10.
         seed: seeds weight initialisation and batch order.
         extra: purifier-specific options (for example stage lengths of a two-stage scheme).
+        data: what to train on instead of the evaluation data set's training split: a data set
+            name, an image folder (``{kind: imagefolder, ...}``) or multi-scale natural-image
+            crops (``{kind: crops, source: cifar10-jpeg, size: 64, scales: [1, 2, 4]}``, see
+            :class:`aepurify.data.CropOptions`); the way to train 224 px purifiers for
+            ``imagenet-samples``, which has no training split. Part of the model's cache key.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -35,3 +44,4 @@ class TrainSettings(BaseModel):
     augment: bool = False
     seed: int = 0
     extra: dict[str, Any] = Field(default_factory=dict)
+    data: str | TrainingSource | None = None
