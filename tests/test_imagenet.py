@@ -219,7 +219,7 @@ def test_imagenet_pipeline_end_to_end_on_two_samples(tmp_path):
         "threat_models": ["gray-box", "white-box"],
         "attacks": [{"name": "fgsm", "norm": "linf", "eps": ["4/255"]}],
     })
-    rows = evaluate(config, tmp_path / "run")
+    rows = evaluate(config, tmp_path / "run").rows
     got = {(r.purifier, r.threat_model) for r in rows}
     assert {("none", "none"), ("magnet", "none"), ("magnet", "gray-box"),
             ("magnet", "white-box")} <= got
