@@ -224,8 +224,8 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
     def fit(module: nn.Module) -> dict[str, Any]:
         clf = classifier.module if classifier is not None else None
         train = _training_data(settings, train_data, data_dir)
-        fit_module = module.fit  # type: ignore[operator]
-        metrics = fit_module(train, settings, classifier=clf, device=device)
+        metrics = module.fit(  # type: ignore[operator]
+            train, settings, classifier=clf, device=device)
         return {**metrics, "train_data": train.name}
 
     module, config = _train_and_save(
