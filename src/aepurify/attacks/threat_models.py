@@ -161,8 +161,8 @@ EOT_PIXELS_ACCELERATOR = 4096 * 3 * 32 * 32
 # Pixel values over all draws past which EOT stops keeping every chunk's autograd graph until the
 # backward pass and recomputes each chunk in it instead (torch.utils.checkpoint, with the random
 # state replayed, so the gradient is that of the same draws): 20 draws of 20 images of 224 px
-# through a patch VAE kept over 20 GB of graph. The old all-in-one-call maximum, so every 32 px
-# setting keeps its graphs (no recomputation) as before.
+# through a patch VAE kept over 20 GB of graph. The old all-in-one-call maximum: 32 px EOT over
+# up to 4,096 images times draws keeps its graphs (no recomputation) as before.
 EOT_GRAPH_PIXELS = EOT_PIXELS_ACCELERATOR
 
 
