@@ -112,6 +112,40 @@ def test_eot_chunks_draws_by_pixels_on_cpu(mnist_batch):
         EOT(recorder, samples=3, max_pixels=0)
 
 
+def test_eot_recomputes_chunks_past_the_graph_budget_with_the_same_draws():
+    """Past EOT_GRAPH_PIXELS the chunks are recomputed in the backward pass (bounded memory),
+    with the random state replayed: the same logits and the same gradient as keeping every
+    graph, and the module runs once more per chunk."""
+    from aepurify.attacks.threat_models import EOT_GRAPH_PIXELS
+
+    class NoisyLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+            self.lin = nn.Linear(3 * 32 * 32, 4)
+
+        def forward(self, x):
+            self.calls += 1
+            return self.lin((x + 0.1 * torch.randn_like(x)).flatten(1)) ** 2
+
+    net = NoisyLinear()
+    x = torch.rand(2, 3, 32, 32)
+    samples = EOT_GRAPH_PIXELS // x.numel() + 2  # just past the graph budget
+    grads, outs = [], []
+    for budget in (EOT_GRAPH_PIXELS * 4, EOT_PIXELS_CPU):  # one call; chunks, recomputed
+        torch.manual_seed(0)
+        net.calls = 0
+        xg = x.clone().requires_grad_(True)
+        out = EOT(net, samples, max_pixels=budget)(xg)
+        (g,) = torch.autograd.grad(out.sum(), xg)
+        outs.append(out.detach())
+        grads.append(g)
+    chunks = -(-samples // (EOT_PIXELS_CPU // x.numel()))
+    assert net.calls == 2 * chunks  # each chunk once forward, once in the backward pass
+    assert torch.allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+
+
 def test_attack_module_takes_the_eot_pixel_budget(tiny_lenet, mnist_batch):
     defended = DefendedClassifier(tiny_lenet, _Noisy())
     tm = resolve_threat_model("white-box+eot", defended.purifier, eot_samples=4)

@@ -229,7 +229,8 @@ def test_imagenet_pipeline_end_to_end_on_two_samples(tmp_path):
 
 
 @pytest.mark.parametrize("dataset, fragment", [
-    ({"kind": "imagefolder", "root": "/nonexistent/val"}, "image folder /nonexistent/val does not exist"),
+    ({"kind": "imagefolder", "root": "/nonexistent/val"},
+     "image folder /nonexistent/val does not exist"),
     ({"kind": "imagefolder", "root": "x", "image_size": 2}, "image_size"),
     ({"kind": "tfrecords", "root": "x"}, "kind: imagefolder"),
 ])

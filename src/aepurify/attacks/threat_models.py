@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, NotApplicableError
 from ..purifiers.base import DefendedClassifier, EvalWrapper, Purifier
@@ -192,6 +193,12 @@ class BPDAClassifier(EvalWrapper):
 # (49x the pixels of 32 px ones) get 5 per call on a CPU, not 256.
 EOT_PIXELS_CPU = 256 * 3 * 32 * 32
 EOT_PIXELS_ACCELERATOR = 4096 * 3 * 32 * 32
+# Pixel values over all draws past which EOT stops keeping every chunk's autograd graph until the
+# backward pass and recomputes each chunk in it instead (torch.utils.checkpoint, with the random
+# state replayed, so the gradient is that of the same draws): 20 draws of 20 images of 224 px
+# through a patch VAE kept over 20 GB of graph. The old all-in-one-call maximum: 32 px EOT over
+# up to 4,096 images times draws keeps its graphs (no recomputation) as before.
+EOT_GRAPH_PIXELS = EOT_PIXELS_ACCELERATOR
 
 
 def eot_pixel_budget(device: torch.device) -> int:
@@ -207,7 +214,10 @@ class EOT(EvalWrapper):
     The draws are batched: the input (N, C, H, W) repeated r times per call, r chosen so that a
     call holds at most ``max_pixels`` pixel values (r * N * C * H * W; at least one draw per
     call). ``max_pixels=None`` picks the budget by the input's device
-    (:func:`eot_pixel_budget`); the chunking changes speed and memory only, not the result.
+    (:func:`eot_pixel_budget`). Past :data:`EOT_GRAPH_PIXELS` over all draws (and with
+    gradients on), each chunk is recomputed in the backward pass instead of keeping its graph,
+    with the random state replayed, so memory stays that of one call. The chunking changes speed
+    and memory only, not the result.
     Averaging logits, rather than losses, is the common EOT variant for attacks that read logits
     (Athalye, Engstrom, Ilyas and Kwok, ICML 2018 average the loss; both estimate the gradient
     of the expectation).
@@ -236,12 +246,21 @@ class EOT(EvalWrapper):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         per_chunk = max(1, self.chunk_pixels(x.device) // max(x.numel(), 1))
+        recompute = (torch.is_grad_enabled() and per_chunk < self.samples
+                     and self.samples * x.numel() > EOT_GRAPH_PIXELS)
         total = None
         for start in range(0, self.samples, per_chunk):
             r = min(per_chunk, self.samples - start)
-            out = self.module(x.repeat(r, 1, 1, 1)).view(r, n, -1).sum(0)
+            if recompute:  # bounded memory: this chunk's graph is rebuilt in the backward pass
+                out = checkpoint(self._chunk, x, r, use_reentrant=False, preserve_rng_state=True)
+            else:
+                out = self._chunk(x, r)
             total = out if total is None else total + out
         return total / self.samples
+
+    def _chunk(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """Sum of the logits (N, K) of ``r`` draws, one call of the module."""
+        return self.module(x.repeat(r, 1, 1, 1)).view(r, x.shape[0], -1).sum(0)
 
 
 def attack_module(tm: ThreatModel, defended: DefendedClassifier,

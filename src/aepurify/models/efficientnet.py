@@ -13,8 +13,8 @@ the module, so attacks see [0, 1] images.
 The module is for inference (it is never trained here): after loading, every BatchNorm is folded
 into the convolution before it (``torch.nn.utils.fusion.fuse_conv_bn_eval``; logits agree with
 the unfolded network within 1e-4) and the network runs on channels-last activations, which
-together make an input gradient on CPU about 1.5x to 2x faster
-(``benchmarks/bench_efficientnet.py``). Tan and Le, "EfficientNet: Rethinking Model Scaling
+made input gradients on CPU faster in hand timings on the shared machine;
+``benchmarks/bench_efficientnet.py`` measures the ratio side by side. Tan and Le, "EfficientNet: Rethinking Model Scaling
 for Convolutional Neural Networks", ICML 2019; Lite variants: TensorFlow's EfficientNet-Lite
 (ReLU6, no squeeze-excitation).
 """

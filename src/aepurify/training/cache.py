@@ -243,7 +243,8 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
     def fit(module: nn.Module) -> dict[str, Any]:
         clf = classifier.module if classifier is not None else None
         train = _training_data(settings, train_data, data_dir)
-        metrics = module.fit(train, settings, classifier=clf, device=device)  # type: ignore[operator]
+        metrics = module.fit(  # type: ignore[operator]
+            train, settings, classifier=clf, device=device)
         return {**metrics, "train_data": train.name}
 
     module, config = _train_and_save(
