@@ -30,8 +30,7 @@ from ..models import WrappedClassifier, as_classifier
 from ..purifiers import Purifier, as_purifier, probe_properties
 from ..utils import module_digest, preserved_rng, seed_everything, stable_hash
 from .cache import (CACHE_VERSION, Trained, _numerics_key, _train_and_save, _training_data,
-                    model_cache_dir)
-from .loops import accuracy, fit_classifier
+                    classifier_fitter, model_cache_dir)
 from .settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -102,30 +101,32 @@ def get_entry_classifier(entry_point: str, kwargs: dict[str, Any], dataset: str,
                        "kwargs": kwargs, "mean": mean, "std": std, "dataset": dataset,
                        "train": settings.model_dump(), **_numerics_key(device)})
     target = model_cache_dir(cache_dir) / f"classifier-{safe_name(entry_point)}-{dataset}-{key}"
+    fit = classifier_fitter(settings, train_data, data_dir, test_data, device, entry_point)
+    return _train_or_reuse(target, key, build, fit, "classifier", entry_point, device, settings,
+                           {"dataset": dataset, "entry_point": entry_point, "kwargs": kwargs})
+
+
+def _train_or_reuse(target: Path, key: str, build: Callable[[], nn.Module],
+                    fit: Callable[[nn.Module], dict[str, Any]], kind: str, entry_point: str,
+                    device: torch.device | str, settings: TrainSettings,
+                    metadata: dict[str, Any]) -> Trained:
+    """The model of an entry point from the cache folder ``target`` (weights loaded into a
+    module ``build`` makes), else built under ``settings.seed``, trained by ``fit`` and saved
+    there with ``metadata``."""
     with preserved_rng():  # building draws initial weights the caller must not see
-        cached = _cached(target, key, build, "classifier", entry_point, device)
+        cached = _cached(target, key, build, kind, entry_point, device)
     if cached is not None:
         return cached
-    log.info("training classifier %s on %s (cache %s)", entry_point, dataset, target)
+    log.info("training %s %s (cache %s)", kind, entry_point, target)
 
-    def seeded() -> WrappedClassifier:
+    def seeded() -> nn.Module:
         seed_everything(settings.seed)
         return build()
 
-    def fit(model: nn.Module) -> dict[str, Any]:
-        train = _training_data(settings, train_data, data_dir)
-        metrics = {**fit_classifier(model, train, settings, device=device),
-                   "train_data": train.name}
-        if test_data is not None:
-            metrics["test_accuracy"] = accuracy(model, test_data, device=device,
-                                                desc=f"test {entry_point}")
-            metrics["test_images"] = len(test_data)
-        return metrics
-
     module, config = _train_and_save(
-        target, seeded, fit, kind="classifier", name=entry_point, device=device,
-        metadata={"dataset": dataset, "train": settings.model_dump(), "seed": settings.seed,
-                  "cache_key": key, "entry_point": entry_point, "kwargs": kwargs})
+        target, seeded, fit, kind=kind, name=entry_point, device=device,
+        metadata={**metadata, "train": settings.model_dump(), "seed": settings.seed,
+                  "cache_key": key})
     return Trained(module, key, "trained", target, config)
 
 
@@ -187,15 +188,6 @@ def _trained_purifier(entry_point: str, kwargs: dict[str, Any], dataset: str,
                        "kwargs": kwargs, "dataset": dataset, "train": settings.model_dump(),
                        "classifier": classifier_key, **_numerics_key(device)})
     target = model_cache_dir(cache_dir) / f"purifier-{safe_name(entry_point)}-{dataset}-{key}"
-    with preserved_rng():
-        cached = _cached(target, key, build, "purifier", entry_point, device)
-    if cached is not None:
-        return cached
-    log.info("training purifier %s on %s (cache %s)", entry_point, dataset, target)
-
-    def seeded() -> Purifier:
-        seed_everything(settings.seed)
-        return build()
 
     def fit(module: nn.Module) -> dict[str, Any]:
         clf = classifier.module if classifier is not None else None
@@ -203,9 +195,6 @@ def _trained_purifier(entry_point: str, kwargs: dict[str, Any], dataset: str,
         metrics = module.fit(train, settings, classifier=clf, device=device)  # type: ignore[operator]
         return {**metrics, "train_data": train.name}
 
-    module, config = _train_and_save(
-        target, seeded, fit, kind="purifier", name=entry_point, device=device,
-        metadata={"dataset": dataset, "train": settings.model_dump(), "seed": settings.seed,
-                  "cache_key": key, "classifier_key": classifier_key,
-                  "entry_point": entry_point, "kwargs": kwargs})
-    return Trained(module, key, "trained", target, config)
+    return _train_or_reuse(target, key, build, fit, "purifier", entry_point, device, settings,
+                           {"dataset": dataset, "classifier_key": classifier_key,
+                            "entry_point": entry_point, "kwargs": kwargs})
