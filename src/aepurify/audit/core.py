@@ -39,7 +39,7 @@ from ..utils import pick_device, seed_everything
 from ..version import code_version
 from .inputs import AuditInputs, prepare_inputs
 from .result import AuditResult, SanityItem
-from .suite import EOT_SAMPLES, NOT_IN, check_version, plan_cells, sanity_settings
+from .suite import EOT_SAMPLES, check_version, not_run_reason, plan_cells, sanity_settings
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +185,9 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
     checks = [c for c in run_checks(rows, settings, work.stochastic())
               if c.purifier == inputs.purifier_label]
     for c in checks:
-        if c.check in NOT_IN[version]:
-            c.detail = f"not part of the {version} version (version='thorough' runs it)"
-            c.passed = None
+        reason = not_run_reason(version, c.check)
+        if reason is not None:
+            c.detail, c.passed = reason, None
     result = _result(inputs, rows, summary, checks, record, version=version, norm=norm, eps=eps,
                      n=n, n_eval=evals, seed=seed, device=device, plan_lines=plan_lines,
                      threat_models=plan.threat_models)

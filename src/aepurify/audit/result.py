@@ -178,12 +178,18 @@ class AuditResult:
                         f"{num(r['accuracy'])}{extra}", "  ")
         ran = [s for s in self.sanity if s.passed is not None]
         failed = [s for s in self.sanity if s.passed is False]
+        if not ran:
+            out.append("sanity checks: none ran" + (" (the quick version runs few; standard runs "
+                                                    "them)" if self.version == "quick" else ""))
+            return out + self._report_lines(wrap)
         out.append(f"sanity checks: {len(ran) - len(failed)} passed, {len(failed)} failed, "
-                   f"{len(self.sanity) - len(ran)} not run" if self.sanity else
-                   "sanity checks: none (the quick version runs none; standard does)")
+                   f"{len(self.sanity) - len(ran)} not run")
         for s in self.sanity:
             mark = {True: "ok", False: "FAILED", None: "not run"}[s.passed]
             out += wrap(f"{mark} {s.name}: {s.detail}", "  ")
-        if self.out_dir is not None:
-            out += wrap(f"report: {self.out_dir / 'report.md'} (and report.html)")
-        return out
+        return out + self._report_lines(wrap)
+
+    def _report_lines(self, wrap: Any) -> list[str]:
+        if self.out_dir is None:
+            return []
+        return wrap(f"report: {self.out_dir / 'report.md'} (and report.html)")
