@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..checks import validated
 from ..errors import ConfigError, NotApplicableError
 from ..utils import batches
 from .base import Purifier, batchnorm_affine
@@ -472,7 +473,10 @@ class SBIM:
         return (y + shift) % k
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
+        with validated(x):  # checked once; the steps skip the per-call range check
+            return self._run(x.detach(), y)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = self._targets(x, y) if self.targeted else y
         x_adv = x.clone()
         if self.random_start:
