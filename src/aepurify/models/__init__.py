@@ -17,23 +17,24 @@ from .base import Classifier
 from .lenet import LeNet
 from .resnet import ResNet18
 from .small_cnn import SmallCNN
-from .vgg import VGG11
+from .vgg import VGG11, VGG16
 
 __all__ = ["CLASSIFIERS", "Classifier", "create_classifier", "load_classifier",
-           "LeNet", "SmallCNN", "ResNet18", "VGG11"]
+           "LeNet", "SmallCNN", "ResNet18", "VGG11", "VGG16"]
 
 CLASSIFIERS: Registry[Classifier] = Registry("classifier")
 CLASSIFIERS.register("lenet")(LeNet)
 CLASSIFIERS.register("small-cnn")(SmallCNN)
 CLASSIFIERS.register("resnet18")(ResNet18)
 CLASSIFIERS.register("vgg11")(VGG11)
+CLASSIFIERS.register("vgg16")(VGG16)
 
 
 def create_classifier(arch: str, dataset: str | None = None, **params: Any) -> Classifier:
     """Build an untrained classifier by name.
 
     Args:
-        arch: ``lenet``, ``small-cnn``, ``resnet18`` or ``vgg11``.
+        arch: ``lenet``, ``small-cnn``, ``resnet18``, ``vgg11`` or ``vgg16``.
         dataset: if given, fills in channels, image size, class count and normalisation
             statistics from the data set; explicit ``params`` win.
         params: architecture keyword arguments.
