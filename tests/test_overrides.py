@@ -58,12 +58,21 @@ def test_overridden_values_are_validated_like_the_rest():
         load_config(path, overrides={"classifier.train.epochs": "many"})
 
 
+def test_set_options_parse_as_yaml_values():
+    from aepurify.cli import _overrides
+
+    assert _overrides(["a.b=1", "c=[2, 4]", "d={x: y}", "e=null", "f=x=y", "a.b=2"]) == {
+        "a.b": 2, "c": [2, 4], "d": {"x": "y"}, "e": None, "f": "x=y"}
+    with pytest.raises(ConfigError, match="--set takes dotted.key=value"):
+        _overrides(["epochs"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        _overrides(["a=[1"])
+
+
 def test_cli_set_errors_are_one_line(tmp_path):
     out = str(tmp_path / "run")
     assert_one_line_error(run_cli("evaluate", "demo-mnist", "--out", out, "--set",
                                   "purifiers.99.train.epochs=1"),
                           "--set purifiers.99.train.epochs", "out of range")
-    assert_one_line_error(run_cli("evaluate", "demo-mnist", "--out", out, "--set", "epochs"),
-                          "--set takes dotted.key=value")
     assert_one_line_error(run_cli("demo", "--out", out, "--set", "classifier.train.epochs=-1"),
                           "classifiers.0.train.epochs", "greater than or equal to 0")

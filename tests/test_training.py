@@ -37,20 +37,20 @@ def test_cpu_loop_is_bit_identical_to_a_plain_pytorch_loop(mnist_train):
     """What the loop computes on a CPU did not change with the accelerator work: the same
     weights, bit for bit, as the textbook loop (Adam, cosine, seeded batch order)."""
     settings = TrainSettings(epochs=2, batch_size=64, lr=0.003, schedule="cosine",
-                             max_images=640, seed=5)
+                             max_images=320, seed=5)
     seed_everything(0)
     ours = create_classifier("lenet", "mnist")
     metrics = fit_classifier(ours, mnist_train, settings)
 
     seed_everything(0)
     plain = create_classifier("lenet", "mnist").train()
-    data = mnist_train.take(640)
+    data = mnist_train.take(320)
     opt = torch.optim.Adam(plain.parameters(), lr=0.003)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 20)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
     gen = torch.Generator().manual_seed(5)
     for _ in range(2):
-        order = torch.randperm(640, generator=gen)
-        for sl in batches(640, 64):
+        order = torch.randperm(320, generator=gen)
+        for sl in batches(320, 64):
             idx = order[sl]
             x = data.images[idx].float().div_(255.0)
             loss = F.cross_entropy(plain(x), data.labels[idx])
@@ -61,7 +61,7 @@ def test_cpu_loop_is_bit_identical_to_a_plain_pytorch_loop(mnist_train):
     for (name, a), b in zip(ours.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), name
     assert metrics["final_loss"] == float(loss.detach()) and metrics["precision"] == "fp32"
-    assert metrics["steps"] == 20 and not ours.training
+    assert metrics["steps"] == 10 and not ours.training
 
 
 def test_precision_resolves_by_device_and_keys_the_cache(mnist_train, tmp_path):
@@ -129,7 +129,7 @@ def test_augmented_training_is_seeded(mnist_train):
     def train(seed: int) -> torch.Tensor:
         seed_everything(0)
         model = create_classifier("lenet", "mnist")
-        fit_classifier(model, mnist_train, TrainSettings(max_images=128, batch_size=32,
+        fit_classifier(model, mnist_train, TrainSettings(max_images=64, batch_size=32,
                                                          augment=True, seed=seed))
         return torch.cat([p.flatten() for p in model.parameters()])
 
