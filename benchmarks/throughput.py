@@ -1,7 +1,7 @@
 """Throughput of the project's hot paths against plain PyTorch doing the same work, measured side
 by side in one run on whatever device is present (so the ratios hold on a loaded machine too).
 
-    python benchmarks/throughput.py [--device auto|cpu|cuda] [--repeats 3] [--threads 2]
+    python benchmarks/throughput.py [--device auto|cpu|cuda] [--repeats 3] [--threads 1]
 
 Three ratios, each with its goal (issue 14):
 
@@ -21,14 +21,13 @@ MagNet's CIFAR-10 reformer; REDNet-30 with 64 channels); on a CPU small enough t
 couple of minutes on 2 cores (ResNet-18 at a quarter width on 1,024 images; REDNet-10 with 32
 channels). Weights are untrained: the cost does not depend on them. Each figure is the best of
 ``--repeats`` runs, the two sides alternating; on a CPU "images/s" are per second of the
-process's CPU time (see :func:`best_of`), so ``--threads 1`` gives the steadiest ratios on a
-shared machine.
+process's CPU time (see :func:`best_of`) and the default is one thread: with more, threads
+that wait for each other on a busy machine spin and bill CPU time for it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 
@@ -60,19 +59,17 @@ def sync(device: torch.device) -> None:
 def best_of(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device
             ) -> dict[str, float]:
     """The shortest time of each function over ``repeats`` alternating rounds: wall seconds on
-    an accelerator; on a CPU the process's CPU seconds (user + system, all threads), which a
-    machine shared with other work disturbs far less than the wall clock."""
+    an accelerator; on a CPU the process's CPU seconds (all threads), which a machine shared
+    with other work disturbs far less than the wall clock."""
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            clock = time.perf_counter if device.type != "cpu" else time.process_time
             sync(device)
-            cpu, wall = os.times(), time.perf_counter()
+            start = clock()
             fn()
             sync(device)
-            wall = time.perf_counter() - wall
-            t = os.times()
-            used = wall if device.type != "cpu" else (t.user - cpu.user) + (t.system - cpu.system)
-            best[name] = min(best[name], used)
+            best[name] = min(best[name], clock() - start)
     return best
 
 
@@ -179,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     parser.add_argument("--only", choices=("training", "pgd", "apudae"), nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
