@@ -55,7 +55,8 @@ class Purifier(Configurable, nn.Module):
 
     Raises:
         InputError: (from forward) not a float (N, C, H, W) tensor, wrong C, or values outside
-            [0, 1].
+            [0, 1] (the range is checked where images enter, not inside an attack's iterations:
+            see :mod:`aepurify.checks`).
     """
 
     differentiable: ClassVar[bool] = True
