@@ -229,7 +229,8 @@ def fit_purifier(purifier: nn.Module, train: ImageDataset, settings: TrainSettin
     if classifier is not None:
         classifier.to(device)
     accelerated = torch.device(device).type == "cuda"
-    with frozen(classifier), channels_last([classifier] if classifier else [], accelerated):
+    with frozen(classifier), channels_last([classifier] if classifier is not None else [],
+                                           accelerated):
         return run_minibatches(
             purifier.parameters(),
             lambda x, y: purifier.training_loss(x, y, classifier), train, settings,
