@@ -142,6 +142,26 @@ def train_purifier(
                   f"saved to {out}")
 
 
+Overrides = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a config value: dotted.key=value (repeatable; list indices are "
+                  "numbers, values are YAML), e.g. --set classifier.train.epochs=1 "
+                  "--set purifiers.0.train.max_images=512.")]
+
+
+def _overrides(items: list[str] | None) -> dict[str, Any]:
+    """``--set key.path=value`` options as {dotted path: YAML value}, in order (last wins)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes dotted.key=value; got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key.strip()}: the value {text!r} is not valid YAML") from None
+    return out
+
+
 @app.command()
 def evaluate(
     config: Annotated[Path, typer.Argument(help="Experiment config (YAML) or a shipped name.")],
@@ -150,15 +170,20 @@ def evaluate(
     data_dir: DataDir = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Model cache folder.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Override the config's device.")] = None,
+    set_: Overrides = None,
 ) -> None:
     """Run a config's grid; write results.db, results.csv, report.md and plots to --out."""
+    from .evaluation import load_config
     from .evaluation import evaluate as run
     from .evaluation import print_summary, summary_console
     from .resources import find_config
 
+    overrides = _overrides(set_)
+    if n_test is not None:
+        overrides["n_test"] = n_test
     try:
-        result = run(find_config(config), out, n_test=n_test, data_dir=data_dir,
-                     cache_dir=cache_dir, device=device)
+        parsed = load_config(find_config(config), overrides=overrides)
+        result = run(parsed, out, data_dir=data_dir, cache_dir=cache_dir, device=device)
     except KeyboardInterrupt:  # here, not in main(): typer turns it into a silent exit 130
         console.print(INTERRUPTED, highlight=False)
         raise typer.Exit(130) from None
@@ -183,11 +208,12 @@ def demo(
     n_test: Annotated[Optional[int], typer.Option(help="Number of MNIST test images.")] = None,
     data_dir: DataDir = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Model cache folder.")] = None,
+    set_: Overrides = None,
 ) -> None:
     """The main job: train (or reuse) the classifier and every purifier on MNIST with quick
     settings, attack them under each threat model, print the table, write the report."""
     evaluate(Path("demo-mnist"), out, n_test=n_test, data_dir=data_dir, cache_dir=cache_dir,
-             device=None)
+             device=None, set_=set_)
 
 
 @app.command()
