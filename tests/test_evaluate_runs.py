@@ -21,11 +21,14 @@ from aepurify.evaluation.lock import LOCK_NAME, output_lock
 
 from .test_cli import assert_one_line_error, run_cli
 
-# The clean row is finished at once; the PGD rows after it take long enough to interrupt.
-SLOW = {"dataset": "mnist", "n_test": 50,
+# The clean row is finished at once; the PGD rows after it take long enough to interrupt (a
+# second or two each: on a loaded machine the signal can arrive a second after it was sent, and
+# a run that already finished every row cannot be interrupted).
+SLOW = {"dataset": "mnist", "n_test": 500,
         "classifier": {"arch": "lenet", "train": {"epochs": 1, "max_images": 500}},
-        "attacks": [{"name": "pgd", "eps": [0.05, 0.1, 0.15], "params": {"steps": 20}}]}
-ROWS = 4  # clean + three budgets
+        "attacks": [{"name": "pgd", "eps": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+                     "params": {"steps": 50}}]}
+ROWS = 7  # clean + six budgets
 
 
 @pytest.fixture(scope="module")
