@@ -174,3 +174,41 @@ def _jpeg_bytes(Image, value: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (value * 200, value * 200, value * 200)).save(buf, "JPEG")
     return buf.getvalue()
+
+
+def test_cifar_jpeg_decoded_arrays_are_cached_by_checksum(tmp_path, monkeypatch):
+    """The second load reads the cached arrays (no JPEG is decoded); a corrupt cache file is
+    decoded anew; another archive (another checksum) gets its own entry."""
+    from PIL import Image
+
+    monkeypatch.setenv("AEPURIFY_CACHE", str(tmp_path / "cache"))
+
+    def archive(name: str, values: tuple[int, int]) -> tuple[Path, str]:
+        path = tmp_path / name / "cifar10-jpeg.tar.gz"
+        path.parent.mkdir()
+        with tarfile.open(path, "w:gz") as tf:
+            csv_text = "index,label,class\n0,3,cat\n1,8,ship\n"
+            for member, blob in [("cifar10-jpeg/test_labels.csv", csv_text.encode())] + [
+                    (f"cifar10-jpeg/test/{i:05d}.jpg", _jpeg_bytes(Image, v))
+                    for i, v in enumerate(values)]:
+                info = tarfile.TarInfo(member)
+                info.size = len(blob)
+                tf.addfile(info, io.BytesIO(blob))
+        return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+    path, sha = archive("a", (0, 1))
+    first = cifar_mod.load_cifar10_jpeg("test", path, expected_sha256=sha)
+    cache_file = cifar_mod.decoded_cache_file(sha, "test")
+    assert cache_file.is_file()
+    with monkeypatch.context() as m:
+        m.setattr(Image, "open", lambda *a, **k: pytest.fail("decoded again"))
+        again = cifar_mod.load_cifar10_jpeg("test", path, expected_sha256=sha)
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert again.images.dtype == torch.uint8 and again.labels.dtype == torch.int64
+    cache_file.write_bytes(b"not an npz")
+    assert torch.equal(cifar_mod.load_cifar10_jpeg("test", path, expected_sha256=sha).images,
+                       first.images)
+    other, other_sha = archive("b", (1, 1))
+    assert other_sha != sha
+    assert cifar_mod.load_cifar10_jpeg("test", other, expected_sha256=other_sha).images[0].float(
+        ).mean() > first.images[0].float().mean()

@@ -141,8 +141,15 @@ def progress_enabled() -> bool:
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False,
              unit: str = "it") -> Iterator[T]:
     """A tqdm progress bar over ``iterable`` (to stderr), respecting AEPURIFY_PROGRESS."""
-    return iter(tqdm(iterable, desc=desc, total=total, leave=leave, unit=unit,
-                     disable=not progress_enabled(), mininterval=0.5, dynamic_ncols=True))
+    return iter(progress_bar(desc, total=total, leave=leave, unit=unit, iterable=iterable))
+
+
+def progress_bar(desc: str, total: int | None = None, leave: bool = False, unit: str = "it",
+                 iterable: Iterable[T] | None = None) -> tqdm:
+    """The tqdm bar itself (to stderr, respecting AEPURIFY_PROGRESS), for loops that advance it
+    by hand (``update``) and show a figure beside it (``set_postfix``); close it when done."""
+    return tqdm(iterable, desc=desc, total=total, leave=leave, unit=unit,
+                disable=not progress_enabled(), mininterval=0.5, dynamic_ncols=True)
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

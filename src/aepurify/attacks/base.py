@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
+from ..checks import validated
 from ..errors import ConfigError
 from ..registry import Registry
 
@@ -59,7 +60,32 @@ def build_attack(name: str, model: nn.Module, eps: float, norm: str = "linf",
         raise ConfigError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
     if eps < 0:
         raise ConfigError(f"eps must be >= 0; got {eps}")
-    return ATTACKS.create(name, model=model, eps=float(eps), norm=norm, **(params or {}))
+    return CheckedAttack(ATTACKS.create(name, model=model, eps=float(eps), norm=norm,
+                                        **(params or {})))
+
+
+class CheckedAttack:
+    """An attack whose call is a public boundary: the images it is given are checked once
+    (shape, dtype, values in [0, 1]; :class:`~aepurify.errors.InputError` otherwise), and the
+    attack's own iterations then run inside :func:`aepurify.checks.inputs_validated`, so the
+    models it calls do not re-check the range at every step (a host sync per call on an
+    accelerator; see :mod:`aepurify.checks`). Other attributes are the wrapped attack's.
+
+    Shapes: (x (N, C, H, W) in [0, 1], y (N,)) -> x_adv (N, C, H, W) in [0, 1].
+    """
+
+    def __init__(self, attack: Attack) -> None:
+        self.attack = attack
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with validated(x):
+            return self.attack(x, y)
+
+    def __getattr__(self, name: str) -> Any:
+        attack = self.__dict__.get("attack")
+        if attack is None:
+            raise AttributeError(name)
+        return getattr(attack, name)
 
 
 def require_norm(attack: str, norm: str, supported: tuple[str, ...]) -> None:

@@ -1,7 +1,7 @@
 """The ``aepurify`` command.
 
-    aepurify demo [--out DIR] [--n-test N]
-    aepurify evaluate CONFIG.yaml --out DIR [--n-test N]
+    aepurify demo [--out DIR] [--n-test N] [--set dotted.key=value ...]
+    aepurify evaluate CONFIG.yaml --out DIR [--n-test N] [--set dotted.key=value ...]
     aepurify train classifier --dataset mnist --arch lenet --epochs 2 --out DIR
     aepurify train purifier magnet --dataset mnist --out DIR
     aepurify train purifier s2snet --dataset mnist --classifier DIR --extra target=label --out DIR
@@ -21,7 +21,8 @@ import sys
 
 from ..errors import AepurifyError
 from . import audit, evaluate, purify, train  # noqa: F401  (register the commands)
-from .app import app, console
+from .app import _overrides, app, console  # noqa: F401  (_overrides: tests import it here)
+from .evaluate import _exit_on_failed_rows  # noqa: F401  (likewise)
 
 __all__ = ["app", "main"]
 

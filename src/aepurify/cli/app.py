@@ -47,3 +47,23 @@ def _params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out
+
+
+Overrides = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a config value: dotted.key=value (repeatable; list indices are "
+                  "numbers, values are YAML), e.g. --set classifier.train.epochs=1 "
+                  "--set purifiers.0.train.max_images=512.")]
+
+
+def _overrides(items: list[str] | None) -> dict[str, Any]:
+    """``--set key.path=value`` options as {dotted path: YAML value}, in order (last wins)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes dotted.key=value; got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key.strip()}: the value {text!r} is not valid YAML") from None
+    return out

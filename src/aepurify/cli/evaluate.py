@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import INTERRUPTED, DataDir, app, console
+from .app import INTERRUPTED, DataDir, Overrides, _overrides, app, console
 
 
 @app.command()
@@ -18,15 +18,19 @@ def evaluate(
     data_dir: DataDir = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Model cache folder.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Override the config's device.")] = None,
+    set_: Overrides = None,
 ) -> None:
     """Run a config's grid; write results.db, results.csv, report.md and plots to --out."""
     from ..evaluation import evaluate as run
-    from ..evaluation import print_summary, summary_console
+    from ..evaluation import load_config, print_summary, summary_console
     from ..resources import find_config
 
+    overrides = _overrides(set_)
+    if n_test is not None:
+        overrides["n_test"] = n_test
     try:
-        result = run(find_config(config), out, n_test=n_test, data_dir=data_dir,
-                     cache_dir=cache_dir, device=device)
+        parsed = load_config(find_config(config), overrides=overrides)
+        result = run(parsed, out, data_dir=data_dir, cache_dir=cache_dir, device=device)
     except KeyboardInterrupt:  # here, not in main(): typer turns it into a silent exit 130
         console.print(INTERRUPTED, highlight=False)
         raise typer.Exit(130) from None
@@ -51,8 +55,9 @@ def demo(
     n_test: Annotated[Optional[int], typer.Option(help="Number of MNIST test images.")] = None,
     data_dir: DataDir = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Model cache folder.")] = None,
+    set_: Overrides = None,
 ) -> None:
     """The main job: train (or reuse) the classifier and every purifier on MNIST with quick
     settings, attack them under each threat model, print the table, write the report."""
     evaluate(Path("demo-mnist"), out, n_test=n_test, data_dir=data_dir, cache_dir=cache_dir,
-             device=None)
+             device=None, set_=set_)

@@ -107,8 +107,8 @@ def file_digest(path: Path, algorithm: str = "md5") -> str:
     return h.hexdigest()
 
 
-def verify_digest(path: Path, expected: str | tuple[str, ...], algorithm: str = "md5") -> None:
-    """Check a file's digest before anything reads it.
+def verify_digest(path: Path, expected: str | tuple[str, ...], algorithm: str = "md5") -> str:
+    """Check a file's digest before anything reads it; returns the digest.
 
     Raises:
         DataError: the digest differs (names the file, the expected and the actual digest).
@@ -119,6 +119,7 @@ def verify_digest(path: Path, expected: str | tuple[str, ...], algorithm: str = 
         raise DataError(f"checksum mismatch for {path}: {algorithm} {actual}, expected "
                         f"{' or '.join(allowed)} (corrupt or incomplete file; delete it and "
                         f"fetch it again)")
+    return actual
 
 
 def offline() -> bool:

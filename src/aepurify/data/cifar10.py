@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import pickle
 import tarfile
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from ..utils import progress
-from .base import ImageDataset, verify_digest
+from .base import ImageDataset, cache_root, verify_digest
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -98,11 +101,60 @@ def load_cifar10_jpeg(split: str, path: Path, expected_sha256: str = JPEG_SHA256
     """Read ``split`` from the CIFAR-10 JPEG copy (``cifar10-jpeg/{split}/NNNNN.jpg`` plus
     ``{split}_labels.csv`` with columns index,label,class) at ``path``.
 
+    Decoding the 50,000 (10,000) JPEG files takes tens of seconds, so the decoded arrays are
+    kept in the cache (``$AEPURIFY_CACHE/data/decoded/``, see :func:`decoded_cache_file`), keyed
+    by the archive's SHA-256, which is verified on every load: a changed archive cannot be served
+    stale pixels. The cache is a plain ``.npz`` of uint8 images and int64 labels, read without
+    pickle; a cache file that does not read back is decoded anew and replaced.
+
     Raises:
         DataError: checksum mismatch, unreadable archive, an undecodable JPEG, missing images or
             labels.
     """
-    verify_digest(path, expected_sha256, "sha256")
+    digest = verify_digest(path, expected_sha256, "sha256")
+    cached = decoded_cache_file(digest, split)
+    try:
+        with np.load(cached, allow_pickle=False) as arrays:
+            images, labels = arrays["images"], arrays["labels"]
+        if images.dtype == np.uint8 and images.ndim == 4 and len(images) == len(labels):
+            return _jpeg_dataset(split, images, labels, path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # absent or unreadable: decode the archive (and rewrite the cache below)
+    images, labels = _decode_jpeg_split(split, path)
+    _write_npz(cached, images=images, labels=labels)
+    return _jpeg_dataset(split, images, labels, path)
+
+
+def decoded_cache_file(sha256: str, split: str) -> Path:
+    """Where the decoded arrays of one split of the archive with this SHA-256 are cached."""
+    return cache_root() / "data" / "decoded" / f"cifar10-jpeg-{sha256[:32]}-{split}.npz"
+
+
+def _write_npz(target: Path, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to ``target`` atomically (a temporary file renamed into place); a cache
+    that cannot be written is skipped, not an error."""
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".npz.part")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, target)
+    except OSError:
+        pass
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jpeg_dataset(split: str, images: np.ndarray, labels: np.ndarray, path: Path
+                  ) -> ImageDataset:
+    return ImageDataset("cifar10-jpeg", split, torch.from_numpy(np.ascontiguousarray(images)),
+                        torch.from_numpy(labels.astype(np.int64)), CLASSES, str(path))
+
+
+def _decode_jpeg_split(split: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every JPEG of ``split``: uint8 images (N, 3, 32, 32) and int64 labels (N,)."""
     prefix = f"cifar10-jpeg/{split}/"
     pixels: dict[int, np.ndarray] = {}
     label_rows: list[dict[str, str]] | None = None
@@ -126,5 +178,4 @@ def load_cifar10_jpeg(split: str, path: Path, expected_sha256: str = JPEG_SHA256
         raise DataError(f"corrupt archive {path}: {len(pixels)} {split} images for {n} labels")
     images = np.stack([pixels[i] for i in range(n)]).transpose(0, 3, 1, 2)
     labels = np.array([int(r["label"]) for r in sorted(label_rows, key=lambda r: int(r["index"]))])
-    return ImageDataset("cifar10-jpeg", split, torch.from_numpy(np.ascontiguousarray(images)),
-                        torch.from_numpy(labels.astype(np.int64)), CLASSES, str(path))
+    return np.ascontiguousarray(images), labels.astype(np.int64)

@@ -38,15 +38,73 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
     return config
 
 
+def _unshared(value: Any) -> Any:
+    """A copy of parsed YAML with no shared sub-objects: anchors and aliases (``*dae``) make
+    one dict appear in several places, and an override must change only the place it names."""
+    if isinstance(value, dict):
+        return {k: _unshared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared(v) for v in value]
+    return value
+
+
+def apply_override(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``value`` at the dotted ``path`` of a parsed config, in place.
+
+    Keys are separated by dots; a number indexes a list (``purifiers.0.train.epochs``). Missing
+    mapping keys on the way are created (a config need not spell out a default to override it);
+    whether the result is a valid config is checked afterwards like any config.
+
+    Raises:
+        ConfigError: an empty key, a list index that is not a number or out of range, or a path
+            that walks into a plain value; one line naming the path.
+    """
+    parts = path.split(".")
+    if not path or any(not p for p in parts):
+        raise ConfigError(f"--set {path}: empty key in the dotted path")
+    node: Any = data
+    walked: list[str] = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(walked) or "the config"
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit():
+                raise ConfigError(f"--set {path}: {where} is a list; index it with a number, "
+                                  f"not {part!r}")
+            index = int(part)
+            if not -len(node) <= index < len(node):
+                raise ConfigError(f"--set {path}: index {index} is out of range ({where} has "
+                                  f"{len(node)} entries)")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            elif part not in node and parts[i + 1].lstrip("-").isdigit():
+                raise ConfigError(f"--set {path}: {where} has no list {part!r} to index")
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {path}: {where} is a value ({node!r}), not a mapping or "
+                              "a list")
+        walked.append(part)
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read and validate a YAML config.
 
     Args:
         path: the YAML file.
-        overrides: top-level keys to replace (e.g. ``{"n_test": 200}`` from the command line).
+        overrides: values to set before validation, by dotted path into the config
+            (``{"n_test": 200, "classifier.train.epochs": 1, "purifiers.0.train.epochs": 1}``;
+            see :func:`apply_override`), applied in order; ``aepurify evaluate --set`` and
+            ``--n-test`` come here.
 
     Raises:
-        ConfigError: missing file, unreadable YAML, invalid or unknown entries.
+        ConfigError: missing file, unreadable YAML, a bad override path, invalid or unknown
+            entries (overridden ones included).
     """
     path = Path(path)
     if not path.is_file():
@@ -58,5 +116,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     if isinstance(data, dict) and overrides:
-        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        data = _unshared(data)
+        for key, value in overrides.items():
+            apply_override(data, key, value)
     return parse_config(data, source=str(path))

@@ -116,7 +116,7 @@ def evaluate(config: str | Path | ExperimentConfig, out_dir: str | Path, *,
         OutputLockedError: another run is writing to ``out_dir``.
     """
     if not isinstance(config, ExperimentConfig):
-        config = load_config(config, overrides={"n_test": n_test})
+        config = load_config(config, overrides={} if n_test is None else {"n_test": n_test})
     elif n_test is not None:
         config = config.model_copy(update={"n_test": n_test})
     out = Path(out_dir)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..attacks import Attack, attack_module, build_attack
+from ..checks import validated
 from ..purifiers import DefendedClassifier, Purifier
 from ..utils import batches, derive_seed, progress, seed_everything
 from .cells import Cell
@@ -97,11 +98,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def craft(attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
           desc: str) -> torch.Tensor:
-    """Adversarial examples for all of x, batch by batch, with a progress bar."""
+    """Adversarial examples for all of x, batch by batch, with a progress bar. x is checked
+    once here; the attack's iterations skip the per-call range check (aepurify.checks)."""
     out = []
     slices = list(batches(x.shape[0], batch_size))
-    for sl in progress(slices, desc=desc, unit="batch"):
-        out.append(attack(x[sl], y[sl]).detach())
+    with validated(x):
+        for sl in progress(slices, desc=desc, unit="batch"):
+            out.append(attack(x[sl], y[sl]).detach())
     return torch.cat(out)
 
 

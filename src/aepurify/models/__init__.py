@@ -19,18 +19,19 @@ from .efficientnet import EfficientNetLite0
 from .lenet import LeNet
 from .resnet import ResNet18
 from .small_cnn import SmallCNN
-from .vgg import VGG11
+from .vgg import VGG11, VGG16
 from .wrapped import WrappedClassifier, as_classifier, check_labels, check_logits
 
 __all__ = ["CLASSIFIERS", "Classifier", "create_classifier", "load_classifier",
-           "LeNet", "SmallCNN", "ResNet18", "VGG11", "EfficientNetLite0", "is_pretrained",
-           "WrappedClassifier", "as_classifier", "check_labels", "check_logits"]
+           "LeNet", "SmallCNN", "ResNet18", "VGG11", "VGG16", "EfficientNetLite0",
+           "is_pretrained", "WrappedClassifier", "as_classifier", "check_labels", "check_logits"]
 
 CLASSIFIERS: Registry[Classifier] = Registry("classifier")
 CLASSIFIERS.register("lenet")(LeNet)
 CLASSIFIERS.register("small-cnn")(SmallCNN)
 CLASSIFIERS.register("resnet18")(ResNet18)
 CLASSIFIERS.register("vgg11")(VGG11)
+CLASSIFIERS.register("vgg16")(VGG16)
 CLASSIFIERS.register("efficientnet-lite0")(EfficientNetLite0)
 
 
@@ -44,8 +45,8 @@ def create_classifier(arch: str, dataset: str | None = None, **params: Any) -> C
     """Build an untrained classifier by name.
 
     Args:
-        arch: ``lenet``, ``small-cnn``, ``resnet18``, ``vgg11`` or ``efficientnet-lite0``
-            (pretrained: built with its weights).
+        arch: ``lenet``, ``small-cnn``, ``resnet18``, ``vgg11``, ``vgg16`` or
+            ``efficientnet-lite0`` (pretrained: built with its weights).
         dataset: if given, fills in channels, image size, class count and normalisation
             statistics from the data set; explicit ``params`` win. A pretrained classifier keeps
             its own normalisation and is checked against the data set's channels and classes.

@@ -29,7 +29,9 @@ class Classifier(Configurable, nn.Module):
         features: (N, C, H, W) in [0, 1] -> penultimate features (N, D).
 
     Raises:
-        InputError: (from forward) images of another shape or outside [0, 1].
+        InputError: (from forward) images of another shape or outside [0, 1] (the range is
+            checked where images enter, not inside an attack's iterations: see
+            :mod:`aepurify.checks`).
     """
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int,

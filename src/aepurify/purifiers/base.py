@@ -64,7 +64,8 @@ class Purifier(Configurable, nn.Module):
 
     Raises:
         InputError: (from forward) not a float (N, C, H, W) tensor, wrong C, or values outside
-            [0, 1]; ``randomness`` sampled for another shape.
+            [0, 1] (the range is checked where images enter, not inside an attack's iterations:
+            see :mod:`aepurify.checks`); ``randomness`` sampled for another shape.
     """
 
     differentiable: ClassVar[bool] = True

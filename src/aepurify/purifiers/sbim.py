@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..checks import validated
 from ..errors import ConfigError
 
 
@@ -85,7 +86,10 @@ class SBIM:
         return (y + shift) % k
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
+        with validated(x):  # checked once; the steps skip the per-call range check
+            return self._run(x.detach(), y)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = self._targets(x, y) if self.targeted else y
         x_adv = x.clone()
         if self.random_start:

@@ -31,7 +31,9 @@ from .settings import TrainSettings
 log = logging.getLogger(__name__)
 
 # Bump when training semantics change in a way the config does not show.
-CACHE_VERSION = 1
+# 2: augmentation draws from its own seeded generator on the images' device (no longer kornia's
+#    global-RNG draws); the resolved precision and compile setting join the key.
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -168,7 +170,8 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
             trained on another data set.
     """
     params = dict(params or {})
-    settings = settings or TrainSettings()
+    # keyed on what training computes on this device (bf16 on CUDA, fp32 on a CPU by default)
+    settings = (settings or TrainSettings()).resolved(device)
     if checkpoint is not None:
         module, config = load_classifier(checkpoint, arch, map_location=device)
         if config.get("dataset") not in (None, dataset):
@@ -228,7 +231,8 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
         ConfigError: unknown purifier or parameter.
     """
     params = dict(params or {})
-    settings = settings or TrainSettings()
+    # keyed on what training computes on this device (bf16 on CUDA, fp32 on a CPU by default)
+    settings = (settings or TrainSettings()).resolved(device)
     cls = purifier_class(name)
     if checkpoint is not None:
         module, config = load_purifier(checkpoint, name, map_location=device)

@@ -11,27 +11,77 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..checks import inputs_validated
 from ..data import ImageDataset
-from ..utils import batches, progress
+from ..utils import batches, progress, progress_bar
+from .augment import crop_flip, draw_crop_flip
 from .settings import TrainSettings
 
 
-def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings
+def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings, fused: bool = False
                    ) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9, nesterov) or Adam over the parameters that require gradients;
+    ``fused`` picks PyTorch's one-kernel implementation (CUDA)."""
     params = [p for p in params if p.requires_grad]
+    kwargs = {"fused": True} if fused else {}
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True,
-                               weight_decay=settings.weight_decay)
-    return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+                               weight_decay=settings.weight_decay, **kwargs)
+    return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay, **kwargs)
 
 
-def _augmenter(settings: TrainSettings, shape: tuple[int, int, int]) -> nn.Module | None:
-    if not settings.augment:
-        return None
-    import kornia.augmentation as K
+# Read the smoothed loss back to the host (a device sync) for the progress bar every this many
+# steps, not every step.
+LOSS_READ_EVERY = 25
+# Keep the training images on the accelerator when they take at most this share of its free
+# memory (as uint8: CIFAR-10's 50,000 images are 154 MB).
+RESIDENT_SHARE = 0.25
+AUGMENT_PADDING = 4
 
-    return nn.Sequential(K.RandomCrop(shape[1:], padding=4, padding_mode="reflect"),
-                         K.RandomHorizontalFlip())
+
+def _resident(images: torch.Tensor, device: torch.device) -> bool:
+    """Whether the uint8 training images should live on ``device`` for the whole run."""
+    if device.type == "cpu":
+        return True
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() <= RESIDENT_SHARE * free
+
+
+@contextmanager
+def _accelerator_flags(device: torch.device, precision: str) -> Iterator[None]:
+    """cuDNN autotuning and, in fp32, TF32 matrix units for the block, restored afterwards (the
+    attacks that follow run in true fp32)."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.benchmark = True
+    if precision == "fp32":
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+@contextmanager
+def channels_last(modules: Iterable[nn.Module], enabled: bool) -> Iterator[None]:
+    """4-D parameters of ``modules`` in channels-last layout inside the block (faster
+    convolutions on tensor cores), each restored to its own layout afterwards, so attacks later
+    see the gradients' usual NCHW layout. Values are untouched."""
+    params = [p for m in modules for p in m.parameters() if p.dim() == 4] if enabled else []
+    was_nchw = [p.is_contiguous() for p in params]
+    for p in params:
+        p.data = p.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for p, nchw in zip(params, was_nchw):
+            if nchw:
+                p.data = p.data.contiguous()
 
 
 def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Tensor],
@@ -40,68 +90,106 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
                     ) -> dict[str, Any]:
     """Minimise ``loss_fn(x, y)`` over minibatches of ``train``.
 
+    On CUDA the loop runs the way a hand-written fast loop does (``benchmarks/throughput.py``
+    measures it against one): the uint8 images stay on the device when they fit
+    (:data:`RESIDENT_SHARE` of free memory), augmentation runs there
+    (:mod:`aepurify.training.augment`), the loss runs under bf16 autocast
+    (``settings.precision``), activations and weights are channels-last, cuDNN autotunes, and the
+    loss is read back to the host every :data:`LOSS_READ_EVERY` steps only. On a CPU the same
+    code computes what it always did, except the augmentation draws (see the augment module).
+    Inputs are decoded uint8 data, so the models skip their per-call range check
+    (:func:`aepurify.checks.inputs_validated`).
+
     Args:
         params: parameters to optimise (those with requires_grad).
         loss_fn: clean images (B, C, H, W) in [0, 1], labels (B,) -> scalar loss.
         train: training split; truncated to ``settings.max_images``.
-        settings: epochs, batch size, optimiser, schedule, augmentation, seed.
+        settings: epochs, batch size, optimiser, schedule, augmentation, seed, precision,
+            compile.
         desc: progress-bar label.
-        modules: modules to put in train mode while training (eval mode afterwards).
+        device: where to train.
+        modules: modules to put in train mode while training (eval mode afterwards); on CUDA
+            their weights are channels-last while training.
 
     Returns:
-        ``{"final_loss", "steps", "seconds", "images"}``.
+        ``{"final_loss", "smoothed_loss", "steps", "seconds", "images", "precision"}``.
     """
+    device = torch.device(device)
+    settings = settings.resolved(device)
     data = train.take(settings.max_images)
     n = len(data)
     steps_per_epoch = (n + settings.batch_size - 1) // settings.batch_size
     total = steps_per_epoch * settings.epochs
-    opt = make_optimizer(params, settings)
+    modules = list(modules)
+    accelerated = device.type == "cuda"
+    opt = make_optimizer(params, settings, fused=accelerated)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
              if settings.schedule == "cosine" else None)
-    augment = _augmenter(settings, data.image_shape)
-    gen = torch.Generator().manual_seed(settings.seed)
-    modules = list(modules)
+    images, labels = data.images, data.labels
+    if _resident(images, device):
+        images, labels = images.to(device), labels.to(device)
+    elif accelerated:
+        images, labels = images.pin_memory(), labels.pin_memory()
+    gen = torch.Generator().manual_seed(settings.seed)  # batch order, on the CPU as always
+    aug_gen = torch.Generator(device=images.device).manual_seed(settings.seed)
+    step_fn = torch.compile(loss_fn) if settings.compile else loss_fn
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=settings.precision == "bf16")
     for m in modules:
         m.train()
-    start, last, ema = time.perf_counter(), float("nan"), None
-    bar = progress(range(total), desc=desc, total=total, unit="step")
-    step_iter = iter(bar)
-    for _ in range(settings.epochs):
-        order = torch.randperm(n, generator=gen)
-        for sl in batches(n, settings.batch_size):
-            next(step_iter, None)
-            idx = order[sl]
-            x = data.images[idx].to(device=device, dtype=torch.float32).div_(255.0)
-            y = data.labels[idx].to(device)
-            if augment is not None:
-                x = augment(x).clamp_(0, 1)
-            loss = loss_fn(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            last = float(loss.detach())
-            ema = last if ema is None else 0.95 * ema + 0.05 * last
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+    start = time.perf_counter()
+    last = ema = None
+    bar = progress_bar(desc, total=total, unit="step")
+    with inputs_validated(), _accelerator_flags(device, settings.precision), \
+            channels_last(modules, accelerated):
+        for _ in range(settings.epochs):
+            order = torch.randperm(n, generator=gen).to(images.device)
+            for step, sl in enumerate(batches(n, settings.batch_size)):
+                idx = order[sl]
+                x, y = images[idx], labels[idx]
+                if settings.augment:
+                    draw = draw_crop_flip(len(x), AUGMENT_PADDING, aug_gen, x.device)
+                    x = crop_flip(x, draw, AUGMENT_PADDING)
+                x = x.to(device, non_blocking=True)
+                x = (x.contiguous(memory_format=torch.channels_last) if accelerated
+                     else x.contiguous()).float().div_(255.0)
+                y = y.to(device, non_blocking=True)
+                with autocast:
+                    loss = step_fn(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                last = loss.detach()
+                # the smoothed loss stays on the device: no host sync per step
+                ema = last.double() if ema is None else ema.mul_(0.95).add_(last, alpha=0.05)
+                bar.update(1)
+                if step % LOSS_READ_EVERY == 0 and not bar.disable:
+                    bar.set_postfix(loss=f"{float(ema):.4f}", refresh=False)
+    bar.close()
     for m in modules:
         m.eval()
-    return {"final_loss": last, "smoothed_loss": ema, "steps": total,
-            "images": n, "seconds": round(time.perf_counter() - start, 2)}
+    final = float(last) if last is not None else float("nan")
+    smoothed = float(ema) if ema is not None else None
+    return {"final_loss": final, "smoothed_loss": smoothed, "steps": total,
+            "images": n, "seconds": round(time.perf_counter() - start, 2),
+            "precision": settings.precision}
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 500,
              device: torch.device | str = "cpu", desc: str | None = None) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` on ``data``."""
+    """Top-1 accuracy in [0, 1] of ``model`` on ``data`` (decoded uint8 images: the model skips
+    its per-call range check, and the count is read back once)."""
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     slices = list(batches(len(data), batch_size))
-    for sl in progress(slices, desc=desc or "accuracy", unit="batch"):
-        x, y = data.tensors(sl, device)
-        correct += int((model(x).argmax(1) == y).sum())
-    return correct / max(len(data), 1)
+    with inputs_validated():
+        for sl in progress(slices, desc=desc or "accuracy", unit="batch"):
+            x, y = data.tensors(sl, device)
+            correct += (model(x).argmax(1) == y).sum()
+    return int(correct) / max(len(data), 1)
 
 
 def fit_classifier(model: nn.Module, train: ImageDataset, settings: TrainSettings,
@@ -140,7 +228,9 @@ def fit_purifier(purifier: nn.Module, train: ImageDataset, settings: TrainSettin
     purifier.to(device)
     if classifier is not None:
         classifier.to(device)
-    with frozen(classifier):
+    accelerated = torch.device(device).type == "cuda"
+    with frozen(classifier), channels_last([classifier] if classifier is not None else [],
+                                           accelerated):
         return run_minibatches(
             purifier.parameters(),
             lambda x, y: purifier.training_loss(x, y, classifier), train, settings,

@@ -167,13 +167,20 @@ class PairPlan:
         out = clean.clone()
         sid = self.source_id[index]
         for k, src in enumerate(self.sources):
-            if src.kind == "noise":
-                rows = (sid == k).nonzero().flatten()
+            mine = (sid == k).view(-1, 1, 1, 1)
+            if src.kind == "noise" and clean.device.type != "cpu":
+                # on an accelerator, noise for the whole batch, kept where this source applies:
+                # no row count read back to the host (a sync per step)
+                noisy = clean + src.std * torch.randn_like(clean)
+                out = torch.where(mine, noisy.clamp(0, 1), out)
+            elif src.kind == "noise":
+                # on a CPU, noise drawn for this source's rows only: the random stream (and so
+                # every model trained so far) stays as it was
+                rows = mine.flatten().nonzero().flatten()
                 noisy = clean[rows] + src.std * torch.randn_like(clean[rows])
                 out[rows] = noisy.clamp(0, 1)
             elif src.kind in ADVERSARIAL and cached is not None:
-                rows = (sid == k).nonzero().flatten()
-                out[rows] = cached[rows]
+                out = torch.where(mine, cached, out)
         if cached is None:
             for src, e, rows in self._groups(index):
                 out[rows] = craft_adversarial(src, classifier, clean[rows], labels[rows], e)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import CropOptions, ImageFolderOptions
 
 TrainingSource = Annotated[CropOptions | ImageFolderOptions, Field(discriminator="kind")]
+
+PRECISIONS = ("bf16", "fp32")
+
+
+def default_precision(device: torch.device | str) -> str:
+    """``bf16`` on CUDA (autocast), ``fp32`` elsewhere (CPUs without bf16 units gain nothing)."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
 class TrainSettings(BaseModel):
@@ -22,8 +30,13 @@ class TrainSettings(BaseModel):
         optimizer: ``adam`` or ``sgd`` (momentum 0.9, nesterov).
         schedule: ``constant`` or ``cosine`` (annealed to 0 over all steps).
         max_images: use only the first N training images (the quick settings of the demo).
-        augment: random crop (4 px padding) and horizontal flip, for CIFAR-10.
-        seed: seeds weight initialisation and batch order.
+        augment: random crop (4 px reflect padding) and horizontal flip, for CIFAR-10.
+        seed: seeds weight initialisation, batch order and augmentation.
+        precision: ``bf16`` (autocast to bfloat16; parameters, optimiser and loss stay float32)
+            or ``fp32`` (TF32 matrix units allowed on CUDA); None: ``bf16`` on CUDA, ``fp32``
+            elsewhere (:func:`default_precision`). The model cache keys on the resolved value.
+        compile: run the loss through ``torch.compile`` (off by default: compiling costs tens of
+            seconds up front and needs a C++ compiler on a CPU).
         extra: purifier-specific options (for example stage lengths of a two-stage scheme).
         data: what to train on instead of the evaluation data set's training split: a data set
             name, an image folder (``{kind: imagefolder, ...}``) or multi-scale natural-image
@@ -43,5 +56,14 @@ class TrainSettings(BaseModel):
     max_images: int | None = Field(None, ge=1)
     augment: bool = False
     seed: int = 0
+    precision: Literal["bf16", "fp32"] | None = None
+    compile: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
     data: str | TrainingSource | None = None
+
+    def resolved(self, device: torch.device | str) -> TrainSettings:
+        """These settings with ``precision`` filled in for ``device`` (what training on it
+        computes, so what the model cache must key on)."""
+        if self.precision is not None:
+            return self
+        return self.model_copy(update={"precision": default_precision(device)})
