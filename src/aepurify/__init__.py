@@ -12,8 +12,9 @@ Pixels are float tensors (N, C, H, W) in [0, 1] everywhere; epsilons are on that
     >>> clf = ap.create_classifier("lenet", dataset="mnist")
     >>> defended = ap.DefendedClassifier(clf, ap.create_purifier("jpeg", quality=50))
 
-Your own classifier and purifier: ``ap.as_classifier(net, mean=..., std=..., sample=x)`` and
-``ap.as_purifier(fn, differentiable=None, stochastic=None)`` (None: probed).
+Your own classifier and purifier, one verdict: ``ap.audit(net, purifier, x, y, eps=8/255)``
+(``ap.as_classifier(net, mean=..., std=..., sample=x)`` and ``ap.as_purifier(fn,
+differentiable=None, stochastic=None)`` wrap them; None: probed).
 """
 
 from .data import ImageDataset, load_dataset
@@ -21,8 +22,10 @@ from .errors import AepurifyError, CheckpointError, ConfigError, DataError, Inpu
 from .models import as_classifier, create_classifier, load_classifier
 from .purifiers import DefendedClassifier, Purifier, as_purifier, create_purifier, load_purifier
 from .version import __version__, code_version
+from .audit import AuditResult, audit  # noqa: E402  (after the stages it drives)
 
 __all__ = ["__version__", "code_version", "load_dataset", "ImageDataset", "create_classifier",
            "load_classifier", "create_purifier", "load_purifier", "Purifier",
-           "DefendedClassifier", "as_classifier", "as_purifier", "AepurifyError",
+           "DefendedClassifier", "as_classifier", "as_purifier", "audit", "AuditResult",
+           "AepurifyError",
            "CheckpointError", "ConfigError", "DataError", "InputError"]

@@ -220,10 +220,43 @@ def load_checkpoint(directory: str | Path, registry: Registry, *, kind: str,
     if problem is not None:
         raise CheckpointError(f"checkpoint {directory} does not match architecture {name!r}: "
                               f"{problem}")
+    _load_weights(module, weights, map_location)
+    return module, config
+
+
+def _load_weights(module: torch.nn.Module, weights: Path, map_location: str | torch.device
+                  ) -> None:
     try:
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"corrupt weights file {weights}: {exc}") from None
     module.load_state_dict(state, strict=True)
     module.to(map_location).eval()
-    return module, config
+
+
+def load_checkpoint_into(module: torch.nn.Module, directory: str | Path, *, kind: str,
+                         expect_name: str, map_location: str | torch.device = "cpu"
+                         ) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``module``, built by the caller (a model of a user's
+    entry point, which no registry rebuilds), after checking kind, name and every tensor's name
+    and shape.
+
+    Returns:
+        The checkpoint's config; ``module`` is left in eval mode on ``map_location``.
+
+    Raises:
+        CheckpointError: missing/corrupt files, another kind or name, or weights that do not
+            match the module's.
+    """
+    directory = Path(directory)
+    config = read_checkpoint_config(directory)
+    if config.get("kind") != kind or config.get("name") != expect_name:
+        raise CheckpointError(f"checkpoint {directory} holds {config.get('kind')} "
+                              f"{config.get('name')!r}, not {kind} {expect_name!r}")
+    weights = directory / WEIGHTS
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    problem = _mismatch(expected, stored_shapes(weights))
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {directory} does not match {expect_name!r}: {problem}")
+    _load_weights(module, weights, map_location)
+    return config

@@ -158,6 +158,22 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def module_digest(module: Any, length: int = 16) -> str:
+    """Hex digest of a module's state (every parameter's and buffer's name, dtype, shape and
+    bytes): the key of an in-memory model that no config describes (a user's classifier or
+    purifier in an audit). Not an ``nn.Module`` (a plain function): a digest of its qualified
+    name."""
+    digest = hashlib.sha256()
+    if isinstance(module, torch.nn.Module):
+        for name, t in module.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    name = getattr(module, "__qualname__", None) or type(module).__qualname__
+    digest.update(f"{getattr(module, '__module__', '')}.{name}".encode())
+    return digest.hexdigest()[:length]
+
+
 class _NCHWGrad(torch.autograd.Function):
     """Identity forward; backward returns the gradient as a contiguous NCHW tensor."""
 

@@ -57,6 +57,8 @@ class Cell:
         key: the row key in the results store.
         spec_hash: hash of everything that determines the row.
         details: facts recorded with the row.
+        n_eval: evaluations of every example for the verdict (N-evaluation): above 1 only for a
+            random purifier, whose example then counts as correct only if every evaluation is.
     """
 
     classifier: str
@@ -68,6 +70,7 @@ class Cell:
     key: tuple = ()
     spec_hash: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    n_eval: int = 1
 
     @property
     def attack_index(self) -> int:
@@ -99,6 +102,9 @@ class DefenseKeys:
         classifier, purifier: the row labels.
         classifier_key, purifier_key: hashes of what determines each model's weights (a model
             cache key; for an in-memory model, a hash of its state).
+        stochastic: the purifier is random: its rows are judged by N-evaluation, and
+            ``n_eval`` enters their hashes (a deterministic purifier's hashes do not change).
+        n_eval: evaluations of every example of a random purifier (1 for a deterministic one).
     """
 
     dataset: str
@@ -107,14 +113,24 @@ class DefenseKeys:
     classifier_key: str
     purifier: str
     purifier_key: str
+    stochastic: bool = False
+    n_eval: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_eval < 1 or (self.n_eval > 1 and not self.stochastic):
+            raise ConfigError(f"{self.purifier}: n_eval {self.n_eval} needs a random purifier "
+                              "(a deterministic one is evaluated once)")
 
     def _common(self, n: int) -> dict[str, Any]:
-        return {"v": RUNNER_VERSION, "dataset": self.dataset, "seed": self.seed,
-                "classifier": self.classifier_key, "n": n, "purifier": self.purifier_key}
+        common = {"v": RUNNER_VERSION, "dataset": self.dataset, "seed": self.seed,
+                  "classifier": self.classifier_key, "n": n, "purifier": self.purifier_key}
+        if self.stochastic:
+            common["n_eval"] = self.n_eval
+        return common
 
     def clean_cell(self, n: int) -> Cell:
         """The clean-accuracy cell on the first ``n`` images."""
-        cell = Cell(self.classifier, self.purifier, None, None, 0.0, n)
+        cell = Cell(self.classifier, self.purifier, None, None, 0.0, n, n_eval=self.n_eval)
         cell.key = (self.dataset, self.classifier, self.purifier, CLEAN, CLEAN, CLEAN, 0.0)
         cell.spec_hash = stable_hash(self._common(n))
         return cell
@@ -130,7 +146,8 @@ class DefenseKeys:
         details = {"attack_params": attack.params, "restarts": attack.restarts,
                    "eot_samples": tm.eot_samples if tm.eot else None,
                    "surrogate": surrogate if tm.base == "bpda" else None}
-        cell = Cell(self.classifier, self.purifier, tm, attack, eps, n, details=details)
+        cell = Cell(self.classifier, self.purifier, tm, attack, eps, n, details=details,
+                    n_eval=self.n_eval)
         cell.key = (self.dataset, self.classifier, self.purifier, tm.name, attack.label,
                     attack.norm, eps_key(eps))
         cell.spec_hash = stable_hash({

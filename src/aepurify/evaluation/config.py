@@ -22,111 +22,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..attacks import ATTACKS, parse_threat_model
 from ..data import DATASETS
 from ..errors import ConfigError
 from ..models import CLASSIFIERS
 from ..purifiers import PURIFIERS
-from ..training.settings import TrainSettings
 from ..utils import check_device_name, parse_eps
+from .config_entries import AttackEntry, ClassifierEntry, PurifierEntry, _Strict
 from .store import SANITY_PREFIX
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClassifierEntry(_Strict):
-    """The classifier under defense (or the transfer source).
-
-    Attributes:
-        arch: classifier registry name.
-        label: the ``classifier`` column of result rows (default: arch).
-        params: architecture keyword arguments.
-        checkpoint: load this checkpoint instead of training.
-        train: training settings (quick settings in the demo).
-    """
-
-    arch: str
-    label: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: str | None = None
-    train: TrainSettings = Field(default_factory=TrainSettings)
-
-    @property
-    def row_label(self) -> str:
-        return self.label or self.arch
-
-
-class PurifierEntry(_Strict):
-    """One purifier of the grid.
-
-    Attributes:
-        name: purifier registry name.
-        label: the ``purifier`` column of result rows (default: name); distinguishes two
-            settings of one purifier, e.g. ``jpeg-q10`` and ``jpeg-q70``.
-        params: purifier keyword arguments.
-        checkpoint: load this checkpoint instead of training.
-        train: training settings for trainable purifiers.
-        threat_models: overrides the config's list for this purifier.
-        eot_samples: EOT draws for this purifier (default: config, then the purifier's own).
-    """
-
-    name: str
-    label: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: str | None = None
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    threat_models: list[str] | None = None
-    eot_samples: int | None = Field(None, ge=1)
-
-    @property
-    def row_label(self) -> str:
-        return self.label or self.name
-
-
-class AttackEntry(_Strict):
-    """One attack with its budgets.
-
-    Attributes:
-        name: attack registry name.
-        label: the ``attack`` column of result rows (default: name).
-        norm: ``linf`` or ``l2``.
-        eps: budgets on the [0, 1] pixel scale (numbers or fractions such as ``8/255``).
-        params: the attack's options (steps, step size, ...).
-        restarts: runs per example; an example counts as robust only if it survives all.
-        n_test: attack only the first n_test test images (an expensive attack on fewer images;
-            the row's ``n`` says how many).
-        threat_models: run this attack under these threat models (the most specific list wins:
-            the attack's, else the purifier's, else the config's).
-        purifiers: restrict this attack to these purifier labels (``none`` is the undefended
-            classifier); lets a config give an expensive purifier cheaper attack settings.
-    """
-
-    name: str
-    label: str | None = None
-    norm: Literal["linf", "l2"] = "linf"
-    eps: list[float] = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict)
-    restarts: int = Field(1, ge=1)
-    n_test: int | None = Field(None, ge=1)
-    threat_models: list[str] | None = None
-    purifiers: list[str] | None = None
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _eps(cls, value: Any) -> list[float]:
-        values = value if isinstance(value, list) else [value]
-        out = [parse_eps(v) for v in values]
-        if any(v < 0 for v in out):
-            raise ValueError("epsilons must be >= 0")
-        return out
-
-    @property
-    def row_label(self) -> str:
-        return self.label or self.name
+__all__ = ["ExperimentConfig", "ClassifierEntry", "PurifierEntry", "AttackEntry",
+           "SanitySettings", "AnalysisEntry"]
 
 
 class SanitySettings(_Strict):
@@ -207,6 +115,8 @@ class ExperimentConfig(_Strict):
         threat_models: threat models applied to every purifier (unless overridden).
         attacks: attacks with their budgets.
         eot_samples: EOT draws (default: each purifier's own).
+        n_eval: evaluations of every example for a random purifier (N-evaluation; default 10
+            for a random purifier, 1 for a deterministic one; a purifier entry's wins).
         analyses: extra analyses run after the grid (see ``aepurify.evaluation.analyses``).
         sanity: gradient-masking checks (see :class:`SanitySettings`).
     """
@@ -226,6 +136,7 @@ class ExperimentConfig(_Strict):
     threat_models: list[str] = Field(default_factory=lambda: ["gray-box"])
     attacks: list[AttackEntry] = Field(default_factory=list)
     eot_samples: int | None = Field(None, ge=1)
+    n_eval: int | None = Field(None, ge=1)
     analyses: list[AnalysisEntry] = Field(default_factory=list)
     sanity: SanitySettings = Field(default_factory=SanitySettings)
 
@@ -295,12 +206,14 @@ class ExperimentConfig(_Strict):
         for where, entry in entries + (
                 [("transfer_source", self.transfer_source)] if self.transfer_source else []):
             try:
-                CLASSIFIERS.get(entry.arch)
+                if entry.arch is not None:
+                    CLASSIFIERS.get(entry.arch)
             except ConfigError as exc:
                 raise ConfigError(f"{where}.arch: {exc}") from None
         for i, p in enumerate(self.purifiers):
             try:
-                PURIFIERS.get(p.name)
+                if p.name is not None:
+                    PURIFIERS.get(p.name)
                 for tm in p.threat_models or []:
                     parse_threat_model(tm)
             except ConfigError as exc:

@@ -1,7 +1,8 @@
 """Checks of a validated config against the registries' signatures, made before any work: every
 ``params`` entry names parameters its factory takes, with values of the annotated types, so a
 typo such as ``stepz`` or ``quality: "high"`` costs one line, not a run that fails after its
-models trained; and an L-inf budget above 1 is warned about.
+models trained; an entry point's module is imported and its ``kwargs`` checked the same way;
+and an L-inf budget above 1 is warned about.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from ..attacks import ATTACKS, parse_threat_model
+from ..entry_points import check_entry_point
 from ..errors import ConfigError
 from ..models import CLASSIFIERS
 from ..purifiers import PURIFIERS
@@ -36,9 +38,18 @@ def check_params(config: ExperimentConfig) -> None:
     if config.transfer_source is not None:
         classifiers.append(("transfer_source", config.transfer_source))
     checks = [(f"{where}.params", CLASSIFIERS, c.arch, c.params, ())
-              for where, c in classifiers]
+              for where, c in classifiers if c.arch is not None]
     checks += [(f"purifiers[{i}]", PURIFIERS, p.name, p.params, ())
-               for i, p in enumerate(config.purifiers)]
+               for i, p in enumerate(config.purifiers) if p.name is not None]
+    entry_points = [(f"{where}.entry_point", "classifier", c.entry_point, c.kwargs)
+                    for where, c in classifiers if c.entry_point is not None]
+    entry_points += [(f"purifiers[{i}].entry_point", "purifier", p.entry_point, p.kwargs)
+                     for i, p in enumerate(config.purifiers) if p.entry_point is not None]
+    for where, kind, spec, kwargs in entry_points:  # imports the user's module: names, kwargs
+        try:
+            check_entry_point(spec, kwargs, kind)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     checks += [(f"attacks[{i}]", ATTACKS, a.name, a.params, ATTACK_ARGS)
                for i, a in enumerate(config.attacks) if _runs_generic(config, a)]
     checks += [(f"analyses[{i}]", ANALYSES, a.name, a.params, ANALYSIS_ARGS)

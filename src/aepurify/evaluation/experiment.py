@@ -19,10 +19,11 @@ import torch
 from ..data import ImageDataset, dataset_spec, load_dataset
 from ..purifiers import Purifier, create_purifier, purifier_class
 from ..training import Trained, get_classifier, get_purifier
+from ..training.entry_models import get_entry_classifier, get_entry_purifier
 from ..utils import pick_device, seed_everything
 from ..version import code_version
 from .cells import Cell
-from .config import ClassifierEntry, ExperimentConfig
+from .config import ClassifierEntry, ExperimentConfig, PurifierEntry
 from .plan import plan_grid
 from .run import Workload
 from .store import CLEAN
@@ -75,8 +76,30 @@ def _lazy(fn: Callable[[], ImageDataset]) -> Callable[[], ImageDataset]:
 
 
 def _get_classifier(entry: ClassifierEntry, config: ExperimentConfig, exp_args: dict) -> Trained:
+    if entry.entry_point is not None:
+        return get_entry_classifier(entry.entry_point, entry.kwargs, config.dataset,
+                                    sample=exp_args["test_data"].tensors(slice(0, 8))[0],
+                                    mean=entry.mean, std=entry.std, pretrained=entry.pretrained,
+                                    settings=entry.train, **exp_args)
     return get_classifier(entry.arch, config.dataset, params=entry.params, settings=entry.train,
                           checkpoint=entry.checkpoint, **exp_args)
+
+
+def _get_purifier(p: PurifierEntry, config: ExperimentConfig, clf: Trained, x: torch.Tensor,
+                  common: dict[str, Any]) -> Trained:
+    if p.entry_point is not None:
+        return get_entry_purifier(p.entry_point, p.kwargs, config.dataset, sample=x,
+                                  label=p.row_label, differentiable=p.differentiable,
+                                  stochastic=p.stochastic, settings=p.train, classifier=clf,
+                                  seed=config.seed, **common)
+    return get_purifier(p.name, config.dataset, params=p.params, settings=p.train,  # type: ignore[arg-type]
+                        checkpoint=p.checkpoint, classifier=clf, **common)
+
+
+def _needs_classifier(p: PurifierEntry) -> bool:
+    """Whether each classifier gets its own copy (trained against it); an entry point's
+    purifier is built per classifier, as its factory may return one that trains against it."""
+    return p.entry_point is not None or purifier_class(p.name).needs_classifier  # type: ignore[arg-type]
 
 
 def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Path | None = None,
@@ -100,20 +123,18 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
               if config.transfer_source is not None else None)
     purifiers: dict[tuple[str, str], Trained] = {}
     first = next(iter(classifiers))
+    x, y = test.tensors(slice(None), dev)
+    pur_args = {"train_data": train, "cache_dir": cache_dir, "device": dev, "data_dir": data_dir}
     for clf_label, clf in classifiers.items():
         if config.include_undefended:
             purifiers[(clf_label, CLEAN)] = Trained(create_purifier("none").to(dev), "none",
                                                     "untrained", None, {})
         for p in config.purifiers:
-            if clf_label != first and not purifier_class(p.name).needs_classifier:
+            if clf_label != first and not _needs_classifier(p):
                 purifiers[(clf_label, p.row_label)] = purifiers[(first, p.row_label)]
                 continue
-            purifiers[(clf_label, p.row_label)] = get_purifier(
-                p.name, config.dataset, params=p.params, settings=p.train,
-                checkpoint=p.checkpoint, classifier=clf, train_data=train, cache_dir=cache_dir,
-                device=dev, data_dir=data_dir)
+            purifiers[(clf_label, p.row_label)] = _get_purifier(p, config, clf, x, pur_args)
     plan = plan_grid(config, classifiers, purifiers, source, len(test))
-    x, y = test.tensors(slice(None), dev)
     workload = Workload(
         x, y, list(test.classes), {label: t.module for label, t in classifiers.items()},
         {key: t.module for key, t in purifiers.items()},  # type: ignore[misc]
@@ -160,6 +181,11 @@ def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]
 def model_record(t: Trained) -> dict[str, Any]:
     """A model's entry in the run record: key, origin, checkpoint, training metrics,
     hyper-parameters and (for a purifier) its declared properties."""
-    return {"key": t.key, "origin": t.origin, "path": str(t.path) if t.path else None,
-            "metrics": t.config.get("metrics"), "hparams": getattr(t.module, "hparams", {}),
-            "properties": t.module.properties() if isinstance(t.module, Purifier) else None}
+    record = {"key": t.key, "origin": t.origin, "path": str(t.path) if t.path else None,
+              "metrics": t.config.get("metrics"), "hparams": getattr(t.module, "hparams", {}),
+              "properties": t.module.properties() if isinstance(t.module, Purifier) else None}
+    if t.config.get("entry_point"):  # a user's factory: which one, and what the probes found
+        record["entry_point"] = t.config["entry_point"]
+        if t.config.get("properties"):
+            record["probed"] = t.config["properties"]
+    return record

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..attacks import check_attack, resolve_threat_model
+from ..attacks import check_attack, default_n_eval, resolve_threat_model
 from ..errors import NotApplicableError
 from ..purifiers import Purifier
 from ..training import Trained
@@ -58,6 +58,14 @@ def _threat_models(config: ExperimentConfig, attack: AttackEntry, label: str,
     return entry.threat_models if entry and entry.threat_models else config.threat_models
 
 
+def n_eval_of(purifier: Purifier, *settings: int | None) -> int:
+    """Evaluations of every example (N-evaluation): the first setting given (a purifier
+    entry's, then the config's), else 10, for a random purifier; 1 for a deterministic one."""
+    if not purifier.stochastic:
+        return 1
+    return next((n for n in settings if n is not None), default_n_eval(True))
+
+
 def plan_grid(config: ExperimentConfig, classifiers: dict[str, Trained],
               purifiers: dict[tuple[str, str], Trained], source: Trained | None,
               n_test: int) -> Plan:
@@ -77,11 +85,12 @@ def plan_grid(config: ExperimentConfig, classifiers: dict[str, Trained],
     attacks = config.all_attacks()
     plan = Plan()
     for (clf_label, label), trained in purifiers.items():
-        keys = DefenseKeys(config.dataset, config.seed, clf_label, classifiers[clf_label].key,
-                           label, trained.key)
-        plan.cells.append(keys.clean_cell(n_test))
         purifier: Purifier = trained.module  # type: ignore[assignment]
         entry = entries.get(label)
+        keys = DefenseKeys(config.dataset, config.seed, clf_label, classifiers[clf_label].key,
+                           label, trained.key, bool(purifier.stochastic),
+                           n_eval_of(purifier, entry.n_eval if entry else None, config.n_eval))
+        plan.cells.append(keys.clean_cell(n_test))
         samples = entry.eot_samples if entry and entry.eot_samples else config.eot_samples
         for index, attack in enumerate(attacks):
             if attack.purifiers is not None and label not in attack.purifiers:

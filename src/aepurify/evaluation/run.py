@@ -29,6 +29,7 @@ from ..purifiers import DefendedClassifier, Purifier
 from ..utils import batches, derive_seed, progress, seed_everything
 from .cells import Cell
 from .store import ResultRow, ResultStore, eps_key
+from .verdicts import Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,8 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
     details = dict(cell.details)
     worst = None
     if cell.attack is None:
-        seed_everything(derive_seed(work.seed, "eval", cell.key))
-        correct = (predict(defended, x, work.batch_size) == y).cpu().numpy()
+        correct, verdict = _classify(work, cell, defended, x, y, derive_seed(work.seed, "eval",
+                                                                             cell.key))
         seconds = time.perf_counter() - start
     else:
         shared.enter((cell.attack_index, eps_key(cell.eps)))
@@ -199,18 +200,34 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
         eval_start = time.perf_counter()
         correct = np.ones(cell.n, dtype=bool)
         worst = advs[-1].clone()
+        verdict = None
         for r, x_adv in enumerate(advs):
-            seed_everything(derive_seed(work.seed, "eval", cell.key, r))
-            ok = (predict(defended, x_adv, work.batch_size) == y).cpu().numpy()
+            ok, v = _classify(work, cell, defended, x_adv, y,
+                              derive_seed(work.seed, "eval", cell.key, r))
+            verdict = v if verdict is None or v is None else verdict & v
             newly_broken = torch.from_numpy(correct & ~ok).to(worst.device)
             worst[newly_broken] = x_adv[newly_broken]
             correct &= ok
         details.update(perturbation_size(x, worst))
         seconds = craft_seconds + time.perf_counter() - eval_start
+    if verdict is not None:
+        details.update(verdict.details())
     c = cell.key
     row = ResultRow(*c[:6], eps=c[6], n=len(correct), accuracy=float(correct.mean()),
                     seconds=seconds, correct=correct, spec_hash=cell.spec_hash, details=details)
     return row, worst
+
+
+def _classify(work: Workload, cell: Cell, defended: DefendedClassifier, x: torch.Tensor,
+              y: torch.Tensor, seed: int) -> tuple[np.ndarray, Verdict | None]:
+    """Which images (N,) the defended classifier gets right: once, for a deterministic
+    purifier; for a random one, every image ``cell.n_eval`` times with fresh draws, correct only
+    if all are (N-evaluation; the verdict keeps single-draw and majority vote as well)."""
+    if not defended.purifier.stochastic:
+        seed_everything(seed)
+        return (predict(defended, x, work.batch_size) == y).cpu().numpy(), None
+    verdict = judge(defended, x, y, n_eval=cell.n_eval, seed=seed, batch_size=work.batch_size)
+    return verdict.all_of_n, verdict
 
 
 def perturbation_size(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, float]:

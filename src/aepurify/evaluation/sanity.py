@@ -128,6 +128,11 @@ def run_checks(rows: list[ResultRow], settings: SanitySettings,
                 result("more-restarts", a_rs <= a_lo + tol,
                        f"PGD-{few} {a_lo:.3f}, {s.restarts} restarts {a_rs:.3f} (n={n})")
             sq = find(f"{SANITY_PREFIX}square-{s.square_queries}", eps)
+            what = f"Square ({s.square_queries} queries, {sq.threat_model})" if sq else ""
+            if sq is None:  # else any gradient-free row at eps (black-box admits no other)
+                sq = next((r for r in group if r.threat_model.split("+")[0] == "black-box"
+                           and eps_key(r.eps) == eps_key(eps)), None)
+                what = f"{sq.attack} ({sq.threat_model})" if sq else ""
             grads = [r for r in (lo, hi, rs) if r is not None]
             if sq is None or not grads:
                 result("square-vs-gradient", None, "no Square or gradient sanity rows")
@@ -135,8 +140,8 @@ def run_checks(rows: list[ResultRow], settings: SanitySettings,
                 best = min(grads, key=lambda r: _pair(r, sq)[0])
                 a_grad, a_sq, n = _pair(best, sq)
                 result("square-vs-gradient", a_sq >= a_grad - tol,
-                       f"Square ({s.square_queries} queries, {sq.threat_model}) {a_sq:.3f}, best "
-                       f"gradient attack {a_grad:.3f} ({best.threat_model} {best.attack}; n={n})")
+                       f"{what} {a_sq:.3f}, best gradient attack {a_grad:.3f} "
+                       f"({best.threat_model} {best.attack}; n={n})")
         if pur != CLEAN:
             _white_vs_gray(group, tol, result)
             _white_vs_bpda(group, tol, result)

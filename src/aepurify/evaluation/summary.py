@@ -25,10 +25,11 @@ import numpy as np
 
 from .formats import write_records_csv
 from .store import CLEAN, SANITY_PREFIX, ResultRow, eps_key
+from .verdicts import rule_correct
 
 SUMMARY_COLUMNS = ("dataset", "classifier", "purifier", "norm", "eps", "n", "clean",
                    "graybox_robust", "adaptive_robust", "worst_attack", "worst_accuracy",
-                   "attacks")
+                   "attacks", "n_eval", "adaptive_majority_vote", "adaptive_single_draw")
 
 
 @dataclass
@@ -43,6 +44,11 @@ class SummaryRow:
         worst_attack: the single row (``threat model / attack``) with the lowest accuracy.
         worst_accuracy: that row's accuracy on the n images.
         attacks: how many rows were combined.
+        n_eval: evaluations per example of a random purifier's rows (N-evaluation; 1 for a
+            deterministic one). ``clean``, ``graybox_robust`` and ``adaptive_robust`` count an
+            example of a random purifier only if all n_eval evaluations are correct.
+        adaptive_majority_vote, adaptive_single_draw: the adaptive robust accuracy under the
+            majority-vote and single-draw rules (NaN for a deterministic purifier).
     """
 
     dataset: str
@@ -57,6 +63,9 @@ class SummaryRow:
     worst_attack: str
     worst_accuracy: float
     attacks: int
+    n_eval: int = 1
+    adaptive_majority_vote: float = float("nan")
+    adaptive_single_draw: float = float("nan")
 
 
 def summarize(rows: list[ResultRow]) -> list[SummaryRow]:
@@ -86,20 +95,39 @@ def summarize(rows: list[ResultRow]) -> list[SummaryRow]:
             if r.threat_model == "gray-box":
                 survive_gray &= r.correct[:n]
                 has_gray = True
+        n_eval = max(int(r.details.get("n_eval") or 1) for r in group)
         out.append(SummaryRow(
             dataset=dataset, classifier=clf, purifier=pur, norm=norm, eps=eps, n=n,
             clean=float(clean_row.correct[:n].mean()) if clean_row is not None else float("nan"),
             graybox_robust=float(survive_gray.mean()) if has_gray else float("nan"),
             adaptive_robust=float(survive_all.mean()),
             worst_attack=f"{worst.threat_model} / {worst.attack}",
-            worst_accuracy=float(worst.correct[:n].mean()), attacks=len(group)))
+            worst_accuracy=float(worst.correct[:n].mean()), attacks=len(group),
+            n_eval=n_eval,
+            adaptive_majority_vote=_worst_case(group, n, "majority_vote", n_eval),
+            adaptive_single_draw=_worst_case(group, n, "single_draw", n_eval)))
     return out
+
+
+def _worst_case(group: list[ResultRow], n: int, rule: str, n_eval: int) -> float:
+    """Adaptive robust accuracy of a random purifier's rows under another N-evaluation rule
+    (NaN for rows evaluated once, or when a row did not keep that rule)."""
+    if n_eval == 1:
+        return float("nan")
+    survive = np.ones(n, dtype=bool)
+    for r in group:
+        correct = rule_correct(r.correct, r.details, rule)
+        if correct is None:
+            return float("nan")
+        survive &= correct[:n]
+    return float(survive.mean())
 
 
 def write_summary_csv(summary: list[SummaryRow], path: Path) -> Path:
     """``summary.csv`` with the columns of :data:`SUMMARY_COLUMNS`."""
     def convert(rec: dict[str, Any]) -> dict[str, Any]:
-        for k in ("clean", "graybox_robust", "adaptive_robust", "worst_accuracy"):
+        for k in ("clean", "graybox_robust", "adaptive_robust", "worst_accuracy",
+                  "adaptive_majority_vote", "adaptive_single_draw"):
             rec[k] = "" if np.isnan(rec[k]) else round(rec[k], 6)
         return rec
 

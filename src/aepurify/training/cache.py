@@ -92,6 +92,26 @@ def _numerics_key(device: torch.device | str) -> dict[str, Any]:
     return {"train_threads": threads} if threads != TRAIN_THREADS else {}
 
 
+def classifier_fitter(settings: TrainSettings, train_data: Callable[[], ImageDataset] | None,
+                      data_dir: str | Path | None, test_data: ImageDataset | None,
+                      device: torch.device | str, label: str
+                      ) -> Callable[[nn.Module], dict[str, Any]]:
+    """The training step of a classifier for :func:`_train_and_save`: fit it on the training
+    data with ``settings``, then measure its accuracy on ``test_data`` (when given); returns
+    the metrics."""
+    def fit(model: nn.Module) -> dict[str, Any]:
+        train = _training_data(settings, train_data, data_dir)
+        metrics = {**fit_classifier(model, train, settings, device=device),
+                   "train_data": train.name}
+        if test_data is not None:
+            metrics["test_accuracy"] = accuracy(model, test_data, device=device,
+                                                desc=f"test {label}")
+            metrics["test_images"] = len(test_data)
+        return metrics
+
+    return fit
+
+
 def _train_and_save(target: Path, build: Callable[[], nn.Module],
                     fit: Callable[[nn.Module], dict[str, Any]], *, kind: str, name: str,
                     device: torch.device | str, metadata: dict[str, Any]
@@ -172,15 +192,7 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
         return cached
     log.info("training classifier %s on %s (cache %s)", arch, dataset, target)
 
-    def fit(model: nn.Module) -> dict[str, Any]:
-        train = _training_data(settings, train_data, data_dir)
-        metrics = {**fit_classifier(model, train, settings, device=device),
-                   "train_data": train.name}
-        if test_data is not None:
-            metrics["test_accuracy"] = accuracy(model, test_data, device=device,
-                                                desc=f"test {arch}")
-            metrics["test_images"] = len(test_data)
-        return metrics
+    fit = classifier_fitter(settings, train_data, data_dir, test_data, device, arch)
 
     def build() -> Classifier:
         seed_everything(settings.seed)

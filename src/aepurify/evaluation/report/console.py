@@ -59,6 +59,36 @@ def summary_table(summary: Sequence[SummaryRow], title: str = "robust accuracy")
     return table
 
 
+def random_table(summary: Sequence[SummaryRow]) -> Table | None:
+    """Random purifiers (N-evaluation): per defense and budget, n_eval and the adaptive robust
+    accuracy under all-of-n, majority vote and a single draw; None when there are none."""
+    random = [s for s in by_defense(summary) if s.n_eval > 1]
+    if not random:
+        return None
+    several = several_classifiers(summary)
+    table = Table(title="random defenses: N-evaluation (adaptive robust)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1), collapse_padding=True, title_justify="left",
+                  caption_justify="left",
+                  caption="all-of-n: every evaluation correct (the verdict above); majority: "
+                          "the true class wins the vote; 1 draw: one evaluation")
+    table.add_column("defense", overflow="fold", min_width=8, max_width=18)
+    for name in ("eps", "n_eval", "all-of-n", "majority", "1 draw"):
+        table.add_column(name, justify="left" if name == "eps" else "right", no_wrap=True)
+    previous = None
+    for s in random:
+        label = defense_label(s.classifier, s.purifier, several)
+        eps = fmt_eps(s.eps) if s.norm == "linf" else f"{s.norm} {fmt_eps(s.eps)}"
+        table.add_row(escape(label) if label != previous else "", eps, str(s.n_eval),
+                      f"{s.adaptive_robust:.3f}", _num(s.adaptive_majority_vote),
+                      _num(s.adaptive_single_draw))
+        previous = label
+    return table
+
+
+def _num(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"
+
+
 def wrapped(prefix: str, text: str, width: int = MAX_WIDTH) -> str:
     """``prefix`` + ``text`` wrapped at ``width`` columns, continuation lines indented."""
     return "\n".join(textwrap.wrap(f"{prefix}{text}", width=width, subsequent_indent="    ",
@@ -74,6 +104,9 @@ def print_summary(console: Console, summary: Sequence[SummaryRow],
     problems = problems or console
     if summary:
         console.print(summary_table(summary, title), width=min(console.width, MAX_WIDTH))
+        random = random_table(summary)
+        if random is not None:
+            console.print(random, width=min(console.width, MAX_WIDTH))
     width = min(problems.width, MAX_WIDTH)
     lines = [wrapped(f"sanity check failed: {r.check} ({r.purifier}): ", r.detail, width)
              for r in sanity if r.passed is False]

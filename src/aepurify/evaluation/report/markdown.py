@@ -53,6 +53,30 @@ def summary_lines(summary: list[SummaryRow], several: bool) -> list[str]:
     return lines
 
 
+def random_lines(summary: list[SummaryRow], several: bool) -> list[str]:
+    """Random purifiers judged by N-evaluation: the adaptive robust accuracy under all-of-n
+    (the verdict above), majority vote and a single draw, side by side."""
+    random = [s for s in by_defense(summary) if s.n_eval > 1]
+    if not random:
+        return []
+    lines = ["### Random defenses: N-evaluation", "",
+             "Every example of a random purifier was classified n_eval times with fresh draws; "
+             "the tables count it as correct only if every evaluation was (all-of-n, "
+             "DiffHammer's N-evaluation). Beside it, the same per-example worst case under a "
+             "majority vote and under a single draw (what one evaluation reports).", "",
+             "| defense | norm | eps | n_eval | all-of-n (adaptive) | majority vote | "
+             "single draw |", "|---|---|---:|---:|---:|---:|---:|"]
+    for s in random:
+        lines.append(f"| {_defense(s.classifier, s.purifier, several)} | {md_text(s.norm)} | "
+                     f"{fmt_eps(s.eps)} | {s.n_eval} | **{s.adaptive_robust:.3f}** | "
+                     f"{_num(s.adaptive_majority_vote)} | {_num(s.adaptive_single_draw)} |")
+    return ["", *lines]
+
+
+def _num(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"
+
+
 def sanity_lines(results: list[SanityResult], several: bool) -> list[str]:
     """The gradient-masking checks, failures marked FAILED."""
     failed = sum(r.passed is False for r in results)
@@ -167,7 +191,7 @@ def write_markdown(path: Path, rows: list[ResultRow], record: dict[str, Any], *,
         lines += [f"**{md_text(record['dataset_note'])}.**", ""]
     lines += headline_lines(headline)
     if summary:
-        lines += summary_lines(summary, several) + [""]
+        lines += summary_lines(summary, several) + random_lines(summary, several) + [""]
     if sanity:
         lines += sanity_lines(sanity, several) + [""]
     lines += run_lines(record) + [""]

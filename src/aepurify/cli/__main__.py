@@ -1,0 +1,5 @@
+"""``python -m aepurify.cli``."""
+
+from . import main
+
+main()

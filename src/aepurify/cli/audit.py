@@ -1,0 +1,186 @@
+"""``aepurify audit``: audit a purifier (yours or a registered one) in front of a classifier.
+
+    aepurify audit --classifier my_models:small_cnn --classifier-arg width=32 \\
+        --purifier my_models:denoiser --data mnist --norm linf --eps 0.3 \\
+        --version standard --n-test 200 --out runs/audit
+
+``--classifier`` takes ``MODULE:FACTORY`` (an ``nn.Module`` mapping images in [0, 1] to logits,
+from a module in the current directory or on sys.path), a classifier checkpoint folder, or a
+registered pretrained classifier (``efficientnet-lite0``). ``--purifier`` takes ``MODULE:FACTORY``
+(a Purifier or any callable images -> images), a purifier checkpoint folder, a registered
+purifier that needs no training (``jpeg``, ``bit-depth``, ``median``) or ``none`` (the
+undefended classifier). ``--data`` takes a registered data set (its test split) or an image
+folder (one sub-folder per class).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..errors import ConfigError
+from .app import INTERRUPTED, DataDir, Device, _params, app, console
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} takes numbers separated by commas; got {text!r}") from None
+
+
+def load_audit_classifier(spec: str, args: dict[str, Any], mean: list[float] | None,
+                          std: list[float] | None) -> Any:
+    """The classifier ``--classifier`` names: an entry point's module, a checkpoint, or a
+    registered pretrained classifier (wrapped with the given normalisation)."""
+    from ..entry_points import call_entry_point, factory_label, is_entry_point
+    from ..models import CLASSIFIERS, as_classifier, create_classifier, is_pretrained
+    from ..models import load_classifier
+
+    path = Path(spec)
+    if is_entry_point(spec) and not path.exists():
+        module, label = call_entry_point(spec, args, "classifier"), factory_label(spec)
+    else:
+        if args:
+            raise ConfigError("--classifier-arg sets an entry point's factory arguments; "
+                              f"{spec!r} is not one")
+        if path.exists():
+            module, config = load_classifier(path)
+            label = str(config.get("name"))
+        elif spec in CLASSIFIERS and not is_pretrained(spec):
+            raise ConfigError(f"classifier {spec!r} must be trained first (aepurify train "
+                              "classifier ... --out DIR); pass the checkpoint folder")
+        elif spec in CLASSIFIERS:
+            module, label = create_classifier(spec), spec
+        else:
+            raise ConfigError(f"--classifier {spec!r} is not MODULE:FACTORY, a checkpoint "
+                              "folder or a registered pretrained classifier")
+    _name(module, label)
+    if mean is None and std is None:
+        return module
+    return as_classifier(module, mean=mean, std=std, num_classes=None,
+                         input_shape=getattr(module, "input_shape", None))
+
+
+def load_audit_purifier(spec: str, args: dict[str, Any], channels: int,
+                        dataset: str | None) -> Any:
+    """The purifier ``--purifier`` names (None for ``none``)."""
+    from ..entry_points import call_entry_point, factory_label, is_entry_point
+    from ..purifiers import as_purifier, create_purifier, load_purifier, purifier_class
+
+    path = Path(spec)
+    if spec == "none":
+        if args:
+            raise ConfigError("--purifier-arg needs a purifier; --purifier none has none")
+        return None
+    if is_entry_point(spec) and not path.exists():
+        built = call_entry_point(spec, args, "purifier")
+        if not callable(built):
+            raise ConfigError(f"purifier entry point {spec!r} returned a {type(built).__name__}, "
+                              "not a callable purifier")
+        return built if _name(built, factory_label(spec)) else \
+            as_purifier(built, name=factory_label(spec))
+    if path.exists():
+        if args:
+            raise ConfigError("--purifier-arg sets a purifier given by name or entry point; a "
+                              "checkpoint brings its own parameters")
+        module, config = load_purifier(path)
+    elif purifier_class(spec).trainable:
+        raise ConfigError(f"purifier {spec!r} must be trained first (aepurify train purifier "
+                          f"{spec} ... --out DIR); pass the checkpoint folder")
+    elif dataset is not None:
+        module, config = create_purifier(spec, dataset, **args), {"name": spec}
+    else:
+        module, config = create_purifier(spec, **{"in_channels": channels, **args}), {"name": spec}
+    _name(module, str(config.get("name")))
+    return module
+
+
+def _name(obj: Any, label: str) -> bool:
+    """Give a module the CLI built its row label (the audit reads ``name``), as ``evaluate``
+    labels a registered model by its name; False for an object that is not a module."""
+    from torch import nn
+
+    if not isinstance(obj, nn.Module):
+        return False
+    if not isinstance(getattr(obj, "name", None), str):
+        obj.name = label
+    return True
+
+
+def load_audit_data(data: str, n_test: int, data_dir: Path | None, image_size: int,
+                    channels: int) -> Any:
+    """The first ``n_test`` images of a data set's test split, or of an image folder."""
+    from ..data import DATASETS, load_dataset, register_dataset
+
+    if Path(data).is_dir() and data not in DATASETS:
+        name = register_dataset({"kind": "imagefolder", "root": data, "image_size": image_size,
+                                 "channels": channels, "max_images": n_test})
+        return load_dataset(name, "test").take(n_test)
+    return load_dataset(data, "test", data_dir).take(n_test)
+
+
+@app.command()
+def audit(
+    classifier: Annotated[str, typer.Option(
+        help="MODULE:FACTORY, a classifier checkpoint folder or a pretrained name.")],
+    data: Annotated[str, typer.Option(help="A data set name (test split) or an image folder.")],
+    eps: Annotated[str, typer.Option(help="Budget on the [0, 1] scale, e.g. 8/255 or 0.3.")],
+    purifier: Annotated[str, typer.Option(
+        help="MODULE:FACTORY, a purifier checkpoint folder, a registered transform (jpeg, "
+             "bit-depth, median) or none.")] = "none",
+    classifier_arg: Annotated[Optional[list[str]], typer.Option(
+        help="Keyword argument key=value of the classifier factory (repeatable).")] = None,
+    purifier_arg: Annotated[Optional[list[str]], typer.Option(
+        help="Keyword argument key=value of the purifier factory or transform (repeatable).")
+    ] = None,
+    mean: Annotated[Optional[str], typer.Option(
+        help="Normalisation put in front of the classifier: per-channel means, e.g. "
+             "0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel standard deviations.")] = None,
+    norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
+    version: Annotated[str, typer.Option(help="quick, standard or thorough.")] = "standard",
+    n_test: Annotated[int, typer.Option(help="Number of images (the first N).")] = 100,
+    n_eval: Annotated[Optional[int], typer.Option(
+        help="Evaluations per example of a random purifier (default 10).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder: results.db, results.csv, summary.csv, sanity.csv, report.md, "
+             "report.html (an existing run resumes).")] = None,
+    image_size: Annotated[int, typer.Option(help="Image side for an image folder.")] = 224,
+    channels: Annotated[int, typer.Option(help="1 or 3 channels for an image folder.")] = 3,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per attack batch.")] = None,
+    seed: int = 0, data_dir: DataDir = None, device: Device = "auto",
+) -> None:
+    """Audit a purifier in front of a classifier: every threat model that applies, the attacks
+    of --version, random purifiers judged over n_eval evaluations, the sanity checks."""
+    from ..audit import audit as run_audit
+    from ..utils import parse_eps
+
+    if n_test < 1:
+        raise ConfigError(f"--n-test must be >= 1; got {n_test}")
+    if channels not in (1, 3):
+        raise ConfigError(f"--channels must be 1 or 3; got {channels}")
+    try:
+        budget = parse_eps(eps)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--eps: {exc}") from None
+    test = load_audit_data(data, n_test, data_dir, image_size, channels)
+    x, y = test.tensors()
+    clf = load_audit_classifier(classifier, _params(classifier_arg, "--classifier-arg"),
+                                _floats(mean, "--mean"), _floats(std, "--std"))
+    dataset = data if not Path(data).is_dir() else test.name
+    pur = load_audit_purifier(purifier, _params(purifier_arg, "--purifier-arg"), x.shape[1],
+                              dataset if not Path(data).is_dir() else None)
+    try:
+        result = run_audit(clf, pur, x, y, norm=norm, eps=budget, version=version,
+                           n_eval=n_eval, out=out, device=device, seed=seed,
+                           batch_size=batch_size, dataset=test.name,
+                           classes=list(test.classes))
+    except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+        console.print(INTERRUPTED if out is not None else "interrupted", highlight=False)
+        raise typer.Exit(130) from None
+    print(result)
