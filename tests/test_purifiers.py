@@ -135,6 +135,22 @@ def test_magnet_trains_and_round_trips(mnist_train, tmp_path):
         load_classifier(tmp_path / "m")
 
 
+def test_residual_magnet_starts_at_the_identity_and_learns_a_correction(mnist_train):
+    torch.manual_seed(0)
+    magnet = create_purifier("magnet", "mnist", pool=False, residual=True, noise_std=0.2)
+    x, _ = mnist_train.tensors(slice(0, 64))
+    with torch.no_grad():
+        assert torch.equal(magnet.eval()(x), x)   # zero-initialised correction
+        noisy = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+        before = float(((noisy - x) ** 2).mean())
+    magnet.fit(mnist_train, TrainSettings(epochs=1, batch_size=64, lr=0.01, max_images=1000))
+    with torch.no_grad():
+        out = magnet.eval()(noisy)
+    assert float(((out - x) ** 2).mean()) < 0.8 * before   # it denoises
+    assert 0 <= float(out.min()) and float(out.max()) <= 1
+    assert magnet.hparams["residual"] is True
+
+
 def test_declared_properties():
     assert purifier_class("jpeg").differentiable is False
     assert purifier_class("bit-depth").differentiable is False

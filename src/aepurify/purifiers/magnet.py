@@ -8,6 +8,12 @@ Loss: MSE to the clean image plus a tiny L2 activity penalty on the code; noise 
 (0.025 on CIFAR-10). MagNet's detector (reconstruction error above a threshold at 0.001 false
 positives) is available as :meth:`MagNet.reconstruction_error`; the reformer alone is the
 purifier. Carlini and Wagner (2017) broke it white-box.
+
+``residual=True`` (not in MagNet) makes the last conv linear and adds its output to the input,
+``clamp(x + D(E(x)), 0, 1)``, with that conv initialised to zero, so training starts from the
+identity (the residual learning of DnCNN, Zhang et al., IEEE TIP 2017). A sigmoid reformer
+returns a softened copy of a 224 px image, which EfficientNet-Lite0 misreads (docs/imagenet.md);
+the residual one keeps the image's detail and learns only the correction.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class MagNet(Purifier):
         pool: MNIST layout with average pooling and upsampling (True) or the CIFAR-10 layout.
         noise_std: sigma of the Gaussian noise added during training (pixels in [0, 1]).
         activity_reg: weight of the L2 penalty on the code activations.
+        residual: output ``clamp(x + D(E(x)), 0, 1)`` with a linear, zero-initialised last conv
+            (not in MagNet; see the module docstring) instead of the sigmoid output ``D(E(x))``.
 
     Shapes:
         (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1]; H, W even when ``pool``.
@@ -37,7 +45,8 @@ class MagNet(Purifier):
     paper = "Meng and Chen, CCS 2017 (MagNet)"
 
     def __init__(self, in_channels: int = 1, filters: int = 3, pool: bool = True,
-                 noise_std: float = 0.1, activity_reg: float = 1e-9) -> None:
+                 noise_std: float = 0.1, activity_reg: float = 1e-9,
+                 residual: bool = False) -> None:
         super().__init__(in_channels)
         f = filters
         if pool:
@@ -54,15 +63,26 @@ class MagNet(Purifier):
             self.decoder = nn.Sequential(nn.Conv2d(f, in_channels, 3, padding=1), nn.Sigmoid())
         self.noise_std = noise_std
         self.activity_reg = activity_reg
+        self.residual = bool(residual)
+        if self.residual:  # the last conv predicts a correction: linear, starting at zero
+            last = self.decoder[-2]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.decoder[-1] = nn.Identity()
+
+    def reform(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """The reformed image (N, C, H, W) in [0, 1] from the input x and its code."""
+        out = self.decoder(code)
+        return (x + out).clamp(0, 1) if self.residual else out
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        return self.reform(x, self.encoder(x))
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor,
                       classifier: nn.Module | None = None) -> torch.Tensor:
         noisy = (x + self.noise_std * torch.randn_like(x)).clamp(0, 1)
         code = self.encoder(noisy)
-        loss = F.mse_loss(self.decoder(code), x)
+        loss = F.mse_loss(self.reform(noisy, code), x)
         return loss + self.activity_reg * code.pow(2).sum() / x.shape[0]
 
     @torch.no_grad()
