@@ -24,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 
-from .errors import AepurifyError, ConfigError
+from .errors import AepurifyError, ConfigError, RankFailedError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Autoencoder-based adversarial purification: train purifiers, attack "
@@ -187,6 +187,8 @@ def evaluate(
     except KeyboardInterrupt:  # here, not in main(): typer turns it into a silent exit 130
         console.print(INTERRUPTED, highlight=False)
         raise typer.Exit(130) from None
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     print_summary(summary_console(), result.summary, result.sanity, result.failed,
                   problems=summary_console(stderr=True))
     console.print(f"report: {out / 'report.md'} (and report.html)\n"
@@ -306,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         app(args=argv, prog_name="aepurify")
+    except RankFailedError:  # under torchrun: the failed rank printed the problem itself
+        sys.exit(2)
     except AepurifyError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
