@@ -7,6 +7,9 @@ summarise and check -> report.
     run_checks(rows, ...)      sanity.py       rows -> gradient-masking checks
     write_report(out, rows, record, ...)       report/ -> csv, png, report.md, report.html
 
+``outputs.finish_run`` chains the last three; under torchrun ``sharded.evaluate_sharded`` runs
+the same stages with the cells split among the ranks (docs/scale.md).
+
 Only the first stage reads the config's registry names; the others see a
 :class:`~aepurify.evaluation.run.Workload`, rows and a record dict, so other front ends (an
 audit of in-memory modules, a distributed run) reuse them as they are.
