@@ -24,7 +24,7 @@ import torch
 
 from aepurify.attacks import attack_module, build_attack, resolve_threat_model
 from aepurify.data import load_dataset
-from aepurify.evaluation.config import load_config
+from aepurify.evaluation.config_file import load_config
 from aepurify.purifiers import DefendedClassifier
 from aepurify.training.cache import get_classifier, get_purifier
 from aepurify.utils import TRAIN_THREADS, TRAIN_THREADS_ENV, seed_everything

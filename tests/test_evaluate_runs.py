@@ -37,9 +37,13 @@ def cache(tmp_path_factory) -> Path:
 def _start(config: Path, out: Path, cache: Path) -> subprocess.Popen:
     env = {**os.environ, "AEPURIFY_PROGRESS": "0", "AEPURIFY_OFFLINE": "1",
            "AEPURIFY_CACHE": str(cache)}
+    # SIGINT back to its default in the child: a test session started in the background by a
+    # non-interactive shell ignores SIGINT, children inherit that, and Python then never raises
+    # KeyboardInterrupt, so the Ctrl-C test would see a run that cannot be interrupted.
     return subprocess.Popen([sys.executable, "-m", "aepurify.cli", "evaluate", str(config),
                              "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finished_rows(out: Path) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aepurify.errors import ConfigError
-from aepurify.evaluation.config import apply_override, load_config
+from aepurify.evaluation.config_file import apply_override, load_config
 from aepurify.resources import find_config
 
 from .test_cli import assert_one_line_error, run_cli
