@@ -7,6 +7,7 @@
     aepurify train purifier s2snet --dataset mnist --classifier DIR --extra target=label --out DIR
     aepurify purify --purifier DIR_OR_NAME IMAGE... --out DIR
     aepurify list
+    torchrun --nproc-per-node N -m aepurify evaluate|train ...   (several ranks: docs/scale.md)
 
 Bad input (missing data, corrupt files, a checkpoint of another architecture, unknown names in
 a config, images outside [0, 1]) ends with one line on stderr and exit status 2.
