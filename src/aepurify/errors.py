@@ -33,3 +33,8 @@ class NotApplicableError(AepurifyError):
 
 class OutputLockedError(AepurifyError):
     """Another live run holds the output folder's lock (see aepurify.evaluation.lock)."""
+
+
+class RankFailedError(AepurifyError):
+    """Under torchrun: another rank failed (its own message names the problem), so this one
+    stops too."""

@@ -117,25 +117,35 @@ def check_device_name(name: str) -> str:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise the named device.
+    """``"auto"`` -> CUDA when available, else CPU; otherwise the named device. Under torchrun
+    (``LOCAL_RANK`` set) ``"auto"`` and ``"cuda"`` mean the rank's own GPU, ``cuda:LOCAL_RANK``.
 
     Raises:
-        ConfigError: an unknown device name, or a CUDA (MPS) device asked for where none is
-            available.
+        ConfigError: an unknown device name, a CUDA (MPS) device asked for where none is
+            available, or more ranks on this machine than GPUs.
     """
     name = check_device_name(name)
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device 'mps' requested but MPS is not available")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    local = os.environ.get("LOCAL_RANK", "").strip()
+    if name == "cuda" and local.isdigit():
+        if int(local) >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local} has no GPU of its own "
+                              f"({torch.cuda.device_count()} visible): start at most that many "
+                              "processes per machine")
+        return torch.device(f"cuda:{local}")
     return torch.device(name)
 
 
 def progress_enabled() -> bool:
-    """Progress bars are on unless AEPURIFY_PROGRESS=0 (tests and scripted runs)."""
-    return os.environ.get("AEPURIFY_PROGRESS", "1") != "0"
+    """Progress bars are on unless AEPURIFY_PROGRESS=0 (tests and scripted runs); under torchrun
+    only rank 0 draws them (N ranks' bars on one terminal would overwrite each other)."""
+    return (os.environ.get("AEPURIFY_PROGRESS", "1") != "0"
+            and os.environ.get("RANK", "0").strip() in ("", "0"))
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False,

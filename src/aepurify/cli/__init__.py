@@ -9,6 +9,7 @@
     aepurify audit --classifier MODULE:FACTORY --purifier NAME|DIR|MODULE:FACTORY --data mnist \\
         --eps 0.3 --out DIR
     aepurify list
+    torchrun --nproc-per-node N -m aepurify evaluate|train ...   (several ranks: docs/scale.md)
 
 Bad input (missing data, corrupt files, a checkpoint of another architecture, unknown names in
 a config, images outside [0, 1]) ends with one line on stderr and exit status 2.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..errors import AepurifyError
+from ..errors import AepurifyError, RankFailedError
 from . import audit, evaluate, purify, train  # noqa: F401  (register the commands)
 from .app import _overrides, app, console  # noqa: F401  (_overrides: tests import it here)
 from .evaluate import _exit_on_failed_rows  # noqa: F401  (likewise)
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         app(args=argv, prog_name="aepurify")
+    except RankFailedError:  # under torchrun: the failed rank printed the problem itself
+        sys.exit(2)
     except AepurifyError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

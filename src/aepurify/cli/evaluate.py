@@ -34,6 +34,8 @@ def evaluate(
     except KeyboardInterrupt:  # here, not in main(): typer turns it into a silent exit 130
         console.print(INTERRUPTED, highlight=False)
         raise typer.Exit(130) from None
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     print_summary(summary_console(), result.summary, result.sanity, result.failed,
                   problems=summary_console(stderr=True))
     console.print(f"report: {out / 'report.md'} (and report.html)\n"

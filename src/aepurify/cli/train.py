@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from ..errors import ConfigError
 from .app import DataDir, Device, _params, _settings, console, train_app
+
+
+@contextmanager
+def _training_ranks(dev: Any) -> Iterator[Any]:
+    """Under torchrun (several ranks): the block trains data-parallel (DistributedDataParallel,
+    see aepurify.training.data_parallel) and yields the ranks' group; otherwise yields None."""
+    from ..distributed import launched, process_group
+    from ..training import data_parallel
+
+    if not launched():
+        yield None
+        return
+    with process_group(dev) as group, data_parallel():
+        yield group
+
+
+def _records(ranks: Any, numerics: dict[str, Any]) -> bool:
+    """Whether this process writes the checkpoint (rank 0 of a data-parallel training, or the
+    only process), noting the number of ranks in its ``environment``."""
+    if ranks is None:
+        return True
+    numerics["data_parallel_ranks"] = ranks.world
+    return ranks.is_main
 
 
 @train_app.command("classifier")
@@ -32,10 +57,12 @@ def train_classifier(
     dev = pick_device(device)
     test = load_dataset(dataset, "test", data_dir)
     train = load_dataset(dataset, "train", data_dir)
-    with training_numerics(dev) as numerics:
+    with _training_ranks(dev) as ranks, training_numerics(dev) as numerics:
         seed_everything(seed)
         model = create_classifier(arch, dataset).to(dev)
         metrics = fit_classifier(model, train, settings, device=dev)
+    if not _records(ranks, numerics):
+        return
     metrics["test_accuracy"] = accuracy(model, test, device=dev, desc="test accuracy")
     metrics["test_images"] = len(test)
     save_checkpoint(model, out, kind="classifier", name=arch, dataset=dataset,
@@ -80,10 +107,12 @@ def train_purifier(
     elif cls.needs_classifier:
         raise ConfigError(f"purifier {name!r} trains against a classifier: pass --classifier DIR")
     train = load_dataset(dataset, "train", data_dir)
-    with training_numerics(dev) as numerics:
+    with _training_ranks(dev) as ranks, training_numerics(dev) as numerics:
         seed_everything(seed)
         purifier = create_purifier(name, dataset, **_params(param)).to(dev)
         metrics = purifier.fit(train, settings, classifier=clf, device=dev)
+    if not _records(ranks, numerics):
+        return
     save_checkpoint(purifier, out, kind="purifier", name=name, dataset=dataset,
                     train=settings.model_dump(), metrics=metrics, seed=seed,
                     classifier=str(classifier) if classifier else None, environment=numerics)

@@ -11,7 +11,7 @@ It may read the prepared experiment (data, trained models) and the finished rows
 into ``out_dir`` and return a markdown section; text it did not write itself (labels, names)
 goes through :func:`aepurify.evaluation.formats.md_text`. Results are kept in ``results.db``
 keyed by the analysis, its options and the models' keys, so a resumed run does not redo them
-(:func:`aepurify.evaluation.pipeline.run_analyses`).
+(:func:`aepurify.evaluation.outputs.run_analyses`).
 
 This module holds only the registry, so a config can check analysis names without importing
 the stages that run them.

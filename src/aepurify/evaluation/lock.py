@@ -7,8 +7,8 @@ second run refuses at once with one line that names them, and the lock of a proc
 on the same host (killed, out of memory) is taken over. A lock held from another host cannot be
 checked from here; the message says which file to delete once that run is known to be dead.
 
-Under ``torchrun`` (several processes per run, when evaluation is sharded) only one process
-per run may take it.
+Under ``torchrun`` (several processes per run) rank 0 takes it for the whole run and the other
+ranks work under it (aepurify.evaluation.sharded).
 """
 
 from __future__ import annotations

@@ -169,6 +169,29 @@ class ResultStore:
         return np.frombuffer(rec[1], dtype=np.float16).reshape(json.loads(rec[0])).astype(
             np.float32)
 
+    def merge(self, other: str | Path) -> int:
+        """Copy every row and kept example image of the results file ``other`` into this store,
+        in one transaction (rows of the same key replaced: the other file's are newer).
+
+        Returns:
+            The number of rows copied.
+
+        Raises:
+            AepurifyError: ``other`` is not a readable results database.
+        """
+        ResultStore(other).close()  # a file killed before its tables were made gets them
+        self._db.execute("ATTACH DATABASE ? AS other", (str(other),))
+        try:
+            with self._db:
+                copied = self._db.execute(
+                    "INSERT OR REPLACE INTO results SELECT * FROM other.results").rowcount
+                self._db.execute("INSERT OR REPLACE INTO examples SELECT * FROM other.examples")
+        except sqlite3.DatabaseError as exc:
+            raise AepurifyError(f"cannot merge {other} into {self.path}: {exc}") from None
+        finally:
+            self._db.execute("DETACH DATABASE other")
+        return copied
+
     def set_meta(self, key: str, value: Any) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
         self._db.commit()
@@ -184,3 +207,30 @@ def row_dict(row: ResultRow) -> dict[str, Any]:
     d = asdict(row)
     d.pop("correct")
     return d
+
+
+# A distributed run's ranks each write their own results file in the output folder (never two
+# writers on one SQLite file, which a network file system does not lock reliably); rank 0 merges
+# them into results.db.
+SHARD_PATTERN = "results-rank{rank}.db"
+
+
+def shard_path(out_dir: str | Path, rank: int) -> Path:
+    """The results file rank ``rank`` of a distributed run writes in ``out_dir``."""
+    return Path(out_dir) / SHARD_PATTERN.format(rank=rank)
+
+
+def merge_shards(store: ResultStore, out_dir: str | Path) -> int:
+    """Merge every rank's results file in ``out_dir`` into ``store`` and delete it (after the
+    merge committed, so a crash in between merges it again, to the same rows).
+
+    Returns:
+        The number of rows merged.
+    """
+    merged = 0
+    for path in sorted(Path(out_dir).glob(SHARD_PATTERN.format(rank="*"))):
+        merged += store.merge(path)
+        path.unlink()
+        for extra in ("-journal", "-wal", "-shm"):
+            Path(f"{path}{extra}").unlink(missing_ok=True)
+    return merged

@@ -1,8 +1,10 @@
 """Training loops and the train-or-reuse model cache."""
 
 from .cache import Trained, get_classifier, get_purifier, model_cache_dir
+from .data_parallel import DataParallel, active_data_parallel, data_parallel
 from .loops import accuracy, fit_classifier, fit_purifier, run_minibatches
 from .settings import TrainSettings
 
 __all__ = ["TrainSettings", "Trained", "get_classifier", "get_purifier", "model_cache_dir",
-           "accuracy", "fit_classifier", "fit_purifier", "run_minibatches"]
+           "accuracy", "fit_classifier", "fit_purifier", "run_minibatches", "DataParallel",
+           "data_parallel", "active_data_parallel"]

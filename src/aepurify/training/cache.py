@@ -25,6 +25,7 @@ from ..models import Classifier, create_classifier, is_pretrained, load_classifi
 from ..purifiers import Purifier, create_purifier, load_purifier, purifier_class
 from ..utils import (TRAIN_THREADS, preserved_rng, seed_everything, stable_hash, train_threads,
                      training_numerics)
+from .data_parallel import active_data_parallel, checkpoint_written, writes_checkpoints
 from .loops import accuracy, fit_classifier
 from .settings import TrainSettings
 
@@ -89,7 +90,11 @@ def _numerics_key(device: torch.device | str) -> dict[str, Any]:
     """What the cache key adds about the arithmetic: a CPU thread count other than the pinned
     default trains other weights (see aepurify.utils.training_numerics)."""
     threads = train_threads() if torch.device(device).type == "cpu" else TRAIN_THREADS
-    return {"train_threads": threads} if threads != TRAIN_THREADS else {}
+    key: dict[str, Any] = {"train_threads": threads} if threads != TRAIN_THREADS else {}
+    dp = active_data_parallel()
+    if dp is not None:  # trained by several ranks: other batches per BatchNorm, other sums
+        key["data_parallel"] = dp.world
+    return key
 
 
 def classifier_fitter(settings: TrainSettings, train_data: Callable[[], ImageDataset] | None,
@@ -126,10 +131,19 @@ def _train_and_save(target: Path, build: Callable[[], nn.Module],
         module = build()
         metrics = fit(module)
     metadata = {**metadata, "environment": numerics}
+    if writes_checkpoints():  # in a data-parallel training, rank 0 writes; the others wait
+        _save_atomically(module, target, kind=kind, name=name, metrics=metrics, **metadata)
+    checkpoint_written()
+    module.eval()
+    return module, {"metrics": metrics, **metadata}
+
+
+def _save_atomically(module: nn.Module, target: Path, **meta: Any) -> None:
+    """Save into a temporary folder beside ``target``, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        save_checkpoint(module, tmp, kind=kind, name=name, metrics=metrics, **metadata)
+        save_checkpoint(module, tmp, **meta)
         if target.exists():  # an unusable entry (see the callers), or a concurrent run's
             shutil.rmtree(target, ignore_errors=True)
         try:
@@ -139,8 +153,6 @@ def _train_and_save(target: Path, build: Callable[[], nn.Module],
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    module.eval()
-    return module, {"metrics": metrics, **metadata}
 
 
 def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = None,

@@ -14,7 +14,8 @@ from torch.nn import functional as F
 from ..checks import inputs_validated
 from ..data import ImageDataset
 from ..utils import batches, progress, progress_bar
-from .augment import crop_flip, draw_crop_flip
+from .augment import CropFlipParams, crop_flip, draw_crop_flip
+from .data_parallel import active_data_parallel
 from .settings import TrainSettings
 
 
@@ -90,6 +91,10 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
                     ) -> dict[str, Any]:
     """Minimise ``loss_fn(x, y)`` over minibatches of ``train``.
 
+    Inside :func:`aepurify.training.data_parallel.data_parallel` (torchrun) every rank trains
+    on its part of each batch and DistributedDataParallel averages the gradients (see that
+    module); the returned losses are then the global batch's.
+
     On CUDA the loop runs the way a hand-written fast loop does (``benchmarks/throughput.py``
     measures it against one): the uint8 images stay on the device when they fit
     (:data:`RESIDENT_SHARE` of free memory), augmentation runs there
@@ -121,7 +126,9 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
     steps_per_epoch = (n + settings.batch_size - 1) // settings.batch_size
     total = steps_per_epoch * settings.epochs
     modules = list(modules)
+    params = [p for p in params if p.requires_grad]
     accelerated = device.type == "cuda"
+    dp = active_data_parallel()
     opt = make_optimizer(params, settings, fused=accelerated)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
              if settings.schedule == "cosine" else None)
@@ -133,6 +140,7 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
     gen = torch.Generator().manual_seed(settings.seed)  # batch order, on the CPU as always
     aug_gen = torch.Generator(device=images.device).manual_seed(settings.seed)
     step_fn = torch.compile(loss_fn) if settings.compile else loss_fn
+    weight = 1.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=settings.precision == "bf16")
     for m in modules:
@@ -142,20 +150,30 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
     bar = progress_bar(desc, total=total, unit="step")
     with inputs_validated(), _accelerator_flags(device, settings.precision), \
             channels_last(modules, accelerated):
+        if dp is not None:  # after the layout change: DDP's gradient buckets follow it
+            step_fn = dp.wrap(params, step_fn, device)
         for _ in range(settings.epochs):
             order = torch.randperm(n, generator=gen).to(images.device)
             for step, sl in enumerate(batches(n, settings.batch_size)):
                 idx = order[sl]
+                # drawn for the whole batch on every rank, so a rank's part gets the draws a
+                # single process gives those images
+                draw = (draw_crop_flip(len(idx), AUGMENT_PADDING, aug_gen, images.device)
+                        if settings.augment else None)
+                if dp is not None:
+                    part, weight = dp.share(len(idx))
+                    idx = idx[part]
+                    if draw is not None:
+                        draw = CropFlipParams(draw.offsets[part], draw.flips[part])
                 x, y = images[idx], labels[idx]
-                if settings.augment:
-                    draw = draw_crop_flip(len(x), AUGMENT_PADDING, aug_gen, x.device)
+                if draw is not None:
                     x = crop_flip(x, draw, AUGMENT_PADDING)
                 x = x.to(device, non_blocking=True)
                 x = (x.contiguous(memory_format=torch.channels_last) if accelerated
                      else x.contiguous()).float().div_(255.0)
                 y = y.to(device, non_blocking=True)
                 with autocast:
-                    loss = step_fn(x, y)
+                    loss = step_fn(x, y) * weight if dp is not None else step_fn(x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -170,6 +188,8 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
     bar.close()
     for m in modules:
         m.eval()
+    if dp is not None and last is not None:  # the global batch's loss: the ranks' mean
+        last, ema = dp.mean(last), dp.mean(ema)
     final = float(last) if last is not None else float("nan")
     smoothed = float(ema) if ema is not None else None
     return {"final_loss": final, "smoothed_loss": smoothed, "steps": total,
