@@ -148,6 +148,34 @@ def test_exact_gradients_match_finite_differences(trained):
     assert torch.equal(x2.grad, torch.ones_like(x2))
 
 
+def test_cpu_refinement_skips_the_backward_pass_of_clean_looking_images_exactly(
+        trained, mnist_batch, monkeypatch):
+    purifier, _, _ = trained
+    x = mnist_batch[0][:64].clone()
+    x[32:] = (x[32:] + 0.3 * torch.randn_like(x[32:]).sign()).clamp(0, 1)  # half perturbed
+    original = type(purifier)._error_and_gradient
+    backward_rows = []
+
+    def counting(self, images, flagged):
+        r, g = original(self, images, flagged)
+        backward_rows.append(int(flagged.sum()) if flagged is not None else images.shape[0])
+        return r, g
+
+    monkeypatch.setattr(type(purifier), "_error_and_gradient", counting)
+    torch.manual_seed(0)
+    sparse = purifier(x)
+    sparse_rows, backward_rows[:] = list(backward_rows), []
+    # the same refinement with every image through the backward pass at every step
+    monkeypatch.setattr(type(purifier), "_error_and_gradient",
+                        lambda self, images, flagged: counting(self, images, None))
+    torch.manual_seed(0)
+    dense = purifier(x)
+    assert torch.allclose(sparse, dense, atol=1e-6) and sparse.is_contiguous()
+    assert backward_rows == [64] * purifier.steps
+    # the perturbed half is flagged from the first step, most clean images never
+    assert 32 <= sparse_rows[0] and sparse_rows[-1] < 56
+
+
 def test_refinement_runs_under_no_grad_and_bpda_uses_the_surrogate(trained, tiny_lenet,
                                                                     mnist_batch):
     from aepurify.attacks import bpda_purify

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..checks import validated
-from ..errors import ConfigError
+from ..errors import ConfigError, NotApplicableError
 
 
 class Reconstructs(Protocol):
@@ -108,3 +108,33 @@ class SBIM:
             x_adv = x_adv.detach() + self.alpha * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
         return x_adv.detach()
+
+
+def check_sbim(attack_name: str, norm: str) -> None:
+    """Raise NotApplicableError unless S-BIM covers ``attack_name`` (``bim``, or ``pgd`` for a
+    random start) and ``norm`` (L-inf only)."""
+    if attack_name not in ("bim", "pgd"):
+        raise NotApplicableError(f"APuDAE's adaptive attack is S-BIM: use attack 'bim' (or "
+                                 f"'pgd' for a random start) under the adaptive threat model, "
+                                 f"not {attack_name!r}")
+    if norm != "linf":
+        raise NotApplicableError(f"S-BIM is an L-inf attack; got norm {norm!r}")
+
+
+def make_sbim(attack_name: str, defended: nn.Module, purifier: Reconstructs, eps: float,
+              norm: str, **params: object) -> SBIM:
+    """S-BIM for the ``adaptive`` threat model: ``bim`` as in the paper (no random start),
+    ``pgd`` the same from a uniform random start in the eps-ball; ``params`` are
+    :class:`SBIM`'s options.
+
+    Raises:
+        NotApplicableError: another attack, or a norm other than L-inf.
+        ConfigError: an unknown S-BIM option.
+    """
+    check_sbim(attack_name, norm)
+    params = dict(params)
+    params.setdefault("random_start", attack_name == "pgd")
+    try:
+        return SBIM(defended, purifier, eps, **params)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ConfigError(f"bad S-BIM option: {exc}") from None
