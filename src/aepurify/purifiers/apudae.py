@@ -230,24 +230,23 @@ class APuDAE(Purifier):
         (delta is treated as a constant); with it, and when the caller needs gradients, the
         whole loop is differentiated (``create_graph=True``).
 
-        On a CPU, images are refined channels-last (faster convolutions, same values) and the
-        ``adaptive`` mode skips backward passes whose gradient is zero (:meth:`_error_and_gradient`).
+        On a CPU the ``adaptive`` mode skips backward passes whose gradient is exactly zero
+        (:meth:`_error_and_gradient`).
 
         Shapes: (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1].
         """
         exact = self.exact_gradients and torch.is_grad_enabled() and x.requires_grad
-        on_cpu = x.device.type == "cpu" and x.dim() == 4
         b1, b2 = ADAM_BETAS
         sqrt = _safe_sqrt if exact else torch.sqrt
         with torch.enable_grad():
             base = x if exact else x.detach()
-            if on_cpu and not exact:
-                base = base.contiguous(memory_format=torch.channels_last)
-            delta = torch.zeros_like(base, requires_grad=exact)
-            m = torch.zeros_like(base)
-            v = torch.zeros_like(base)
+            delta = torch.zeros_like(x, requires_grad=exact)
+            m = torch.zeros_like(x)
+            v = torch.zeros_like(x)
+            # Not on accelerators: picking the flagged rows reads a mask back to the host.
             flagged = (torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-                       if on_cpu and not exact and self.mode == "adaptive" else None)
+                       if x.device.type == "cpu" and not exact and self.mode == "adaptive"
+                       else None)
             for t in range(1, self.steps + 1):
                 if exact:
                     r = self.reconstruction_error(base + delta)
@@ -269,7 +268,7 @@ class APuDAE(Purifier):
             out = base + delta
         if exact:
             return out.clamp(0, 1)
-        out = out.detach().clamp(0, 1).contiguous()
+        out = out.detach().clamp(0, 1)
         return x + (out - x).detach()  # identity gradient, exact value
 
     def _error_and_gradient(self, x: torch.Tensor, flagged: torch.Tensor | None

@@ -63,7 +63,8 @@ class REDNet(nn.Module):
                 used += 1
                 h = F.relu(h + skips[-used])
         # output_size makes the stride-2 transposed conv undo the stride-2 conv for odd sizes too.
-        h = self.last(h, output_size=residual.shape[-2:])
+        size = residual.shape[-2:]
+        h = self.last(h, output_size=size) if self.training else _subpixel_last(self.last, h, size)
         return F.relu(h + residual)
 
     def _block(self, block: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
@@ -83,3 +84,35 @@ class REDNet(nn.Module):
         h = F.relu(h)
         scale, shift = batchnorm_affine(bn)
         return h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
+def _subpixel_last(deconv: nn.ConvTranspose2d, h: torch.Tensor, size: torch.Size
+                   ) -> torch.Tensor:
+    """REDNet's last layer, a 3x3 transposed conv of stride 2 and padding 1, as a 2x2 conv that
+    computes the four output phases followed by a pixel shuffle (sub-pixel convolution: the same
+    sums in another order). On a CPU PyTorch runs this transposed conv, forward and backward,
+    about 2.5 times slower than the equivalent conv (``benchmarks/throughput.py``'s APuDAE row
+    runs it 13 times per purification).
+
+    Shapes: h (N, F, H, W) -> (N, C, size[0], size[1]) with size in {2H - 1, 2H} per side.
+    """
+    if (deconv.stride, deconv.kernel_size, deconv.padding, deconv.dilation, deconv.groups) != \
+            ((2, 2), (3, 3), (1, 1), (1, 1), 1):
+        return deconv(h, output_size=size)
+    w = deconv.weight  # (F, C, 3, 3)
+    # Output row 2m takes tap 1 of input row m; row 2m + 1 takes tap 2 of row m and tap 0 of
+    # row m + 1. Per phase (a, b): kernel[c, :, di, dj] = w[:, c, tap(a, di), tap(b, dj)].
+    taps = ((1, None), (2, 0))  # phase -> tap for window offset 0 and 1 (None: no tap)
+    zero = w.new_zeros(w.shape[:2])
+    phases = []
+    for a in (0, 1):
+        for b in (0, 1):
+            phases.append(torch.stack([
+                torch.stack([w[:, :, taps[a][di], taps[b][dj]]
+                             if taps[a][di] is not None and taps[b][dj] is not None else zero
+                             for dj in (0, 1)], -1) for di in (0, 1)], -2))
+    # (4, F, C, 2, 2) -> (C * 4, F, 2, 2) in pixel_shuffle's channel order c * 4 + a * 2 + b
+    kernel = torch.stack(phases, 0).permute(2, 0, 1, 3, 4).reshape(-1, w.shape[0], 2, 2)
+    bias = deconv.bias.repeat_interleave(4) if deconv.bias is not None else None
+    out = F.pixel_shuffle(F.conv2d(F.pad(h, (0, 1, 0, 1)), kernel, bias), 2)
+    return out[..., :size[0], :size[1]]
