@@ -6,8 +6,9 @@ measured side by side in one run (so the ratios hold on any machine, loaded or n
 
 Defaults: the demo's setting (MNIST 28x28, LeNet, REDNet-8 with 16 channels). ``--dataset
 cifar10`` uses 3x32x32 images, ResNet-18 and, unless given, the paper's REDNet-30 (15 layers,
-64 channels). Weights are untrained: the cost does not depend on them, because every mode runs
-its fixed number of steps on every image. Printed per line: images per second of wall clock
+64 channels). Weights are untrained and the DAE uncalibrated (mu = 0), so every image stays
+above mu and gets the backward pass of every step: the worst case of the ``adaptive`` mode,
+which on a CPU skips it for images at or below mu (``benchmarks/throughput.py`` measures both). Printed per line: images per second of wall clock
 and per CPU second (user + system of this process), each the best of ``--repeats`` runs, and
 what one purification costs in classifier forward passes, by wall clock and by CPU time. On a
 loaded machine the CPU-time figures are the steadier ones (with ``--threads 1``).
