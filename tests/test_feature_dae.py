@@ -3,6 +3,8 @@ taps, training on real MNIST, option errors, and the end-to-end analysis."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -130,6 +132,20 @@ def test_feature_dae_trains_denoises_and_round_trips(mnist_train, mnist_test, tm
     save_checkpoint(dae, tmp_path / "fdae", kind="purifier", name="feature-dae")
     loaded, _ = load_purifier(tmp_path / "fdae", "feature-dae")
     assert torch.equal(loaded(x), dae(x))
+
+
+def test_feature_extractor_is_cached_beside_the_purifier(mnist_train, tmp_path):
+    from aepurify.training import get_purifier
+    from aepurify.training.cache import model_cache_dir
+
+    settings = TrainSettings(epochs=1, batch_size=64, lr=0.003, max_images=200,
+                             extra={"feature_extractor": TINY_EXTRACTOR,
+                                    "pairs": {"sources": [{"kind": "clean"}]}})
+    trained = get_purifier("feature-dae", "mnist", params={"width": 4}, settings=settings,
+                           train_data=lambda: mnist_train, cache_dir=tmp_path / "models")
+    extractor = trained.config["metrics"]["networks"][0]["path"]
+    assert Path(extractor).parent == tmp_path / "models"  # not the default cache
+    assert model_cache_dir() != tmp_path / "models"  # set only while the purifier trains
 
 
 def test_hgd_follows_the_defended_classifiers_logits(mnist_train, mnist_batch, tiny_lenet):

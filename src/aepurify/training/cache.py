@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextvars import ContextVar
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,8 +58,17 @@ class Trained:
     config: dict[str, Any]
 
 
+# The cache of the model being trained, for the models its training gets in turn (a feature-loss
+# DAE's feature extractor): ``fit`` takes no cache directory, so get_purifier sets it around fit.
+_TRAINING_CACHE_DIR: ContextVar[Path | None] = ContextVar("training_cache_dir", default=None)
+
+
 def model_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir) if cache_dir is not None else cache_root() / "models"
+    """The model cache: ``cache_dir``, else the cache of the model whose training asks (see
+    :data:`_TRAINING_CACHE_DIR`), else ``$AEPURIFY_CACHE/models``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return _TRAINING_CACHE_DIR.get() or cache_root() / "models"
 
 
 def _training_data(settings: TrainSettings, train_data: Callable[[], ImageDataset] | None,
@@ -271,8 +281,12 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
     def fit(module: nn.Module) -> dict[str, Any]:
         clf = classifier.module if classifier is not None else None
         train = _training_data(settings, train_data, data_dir)
-        metrics = module.fit(  # type: ignore[operator]
-            train, settings, classifier=clf, device=device)
+        token = _TRAINING_CACHE_DIR.set(model_cache_dir(cache_dir))
+        try:
+            metrics = module.fit(  # type: ignore[operator]
+                train, settings, classifier=clf, device=device)
+        finally:
+            _TRAINING_CACHE_DIR.reset(token)
         return {**metrics, "train_data": train.name}
 
     module, config = _train_and_save(
