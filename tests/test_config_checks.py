@@ -64,6 +64,17 @@ def test_adaptive_attack_params_belong_to_the_purifier():
         parse_config(_config(purifiers=[{"name": "apudae"}], attacks=[
             {"name": "bim", "eps": [0.1], "params": {"margin_on": "bpda"},
              "threat_models": ["adaptive"]}]))  # the undefended classifier meets it gray-box
+    # ... and checked against S-BIM's options, before any model trains
+    for params, fragment in (({"stepz": 7}, "unknown parameter 'stepz' (did you mean 'steps'?)"),
+                             ({"recon_weight": "half"}, "'recon_weight'"),
+                             ({"eps": 0.3}, "'eps' is set by aepurify")):
+        with pytest.raises(ConfigError) as info:
+            parse_config(_config(purifiers=[{"name": "apudae"}], attacks=[
+                {"name": "bim", "eps": [0.1], "params": params, "purifiers": ["apudae"],
+                 "threat_models": ["adaptive"]}]))
+        message = str(info.value)
+        assert "\n" not in message and "attacks[0] (adaptive, apudae): bad S-BIM" in message
+        assert fragment in message, message
 
 
 def test_large_linf_eps_warns(caplog):

@@ -81,29 +81,8 @@ class Registry(Generic[T]):
             ConfigError: unknown name, a parameter the factory does not take or that aepurify
                 supplies, or a value of the wrong type; one line that names it.
         """
-        factory = self.get(name)
-        accepted, takes_any = _keywords(factory)
-        reserved = set(supplied)
-        bad = f"bad parameters for {self.kind} {name!r}"
-        for key, value in params.items():
-            if key in reserved:
-                raise ConfigError(f"{bad}: {key!r} is set by aepurify, not by params")
-            if key not in accepted:
-                if takes_any:
-                    continue
-                options = sorted(set(accepted) - reserved)
-                close = difflib.get_close_matches(key, options, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"{bad}: unknown parameter {key!r}{hint}; it takes "
-                                  f"{', '.join(options) or 'none'}")
-            adapter = _adapter(factory, key)
-            if adapter is None:
-                continue
-            try:
-                adapter.validate_python(value, strict=True)
-            except ValidationError as exc:
-                msg = exc.errors()[0]["msg"]
-                raise ConfigError(f"{bad}: {key!r}: {msg}; got {value!r}") from None
+        check_keywords(self.get(name), params, supplied,
+                       f"bad parameters for {self.kind} {name!r}")
 
     def create(self, name: str, /, **kwargs: Any) -> T:
         """Build the thing registered under ``name`` with ``kwargs`` (``name`` is positional
@@ -129,6 +108,38 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def check_keywords(factory: Callable[..., Any], params: Mapping[str, Any],
+                   supplied: Iterable[str] = (), what: str = "bad parameters") -> None:
+    """Check keyword parameters against a factory's signature without calling it (what
+    :meth:`Registry.check_params` does for a registered name); ``what`` starts the error.
+
+    Raises:
+        ConfigError: a parameter the factory does not take or that aepurify supplies, or a
+            value of the wrong type; one line that names it.
+    """
+    accepted, takes_any = _keywords(factory)
+    reserved = set(supplied)
+    for key, value in params.items():
+        if key in reserved:
+            raise ConfigError(f"{what}: {key!r} is set by aepurify, not by params")
+        if key not in accepted:
+            if takes_any:
+                continue
+            options = sorted(set(accepted) - reserved)
+            close = difflib.get_close_matches(key, options, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{what}: unknown parameter {key!r}{hint}; it takes "
+                              f"{', '.join(options) or 'none'}")
+        adapter = _adapter(factory, key)
+        if adapter is None:
+            continue
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise ConfigError(f"{what}: {key!r}: {msg}; got {value!r}") from None
 
 
 def _target(factory: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,19 +1,22 @@
 """Checks of a validated config against the registries' signatures, made before any work: every
 ``params`` entry names parameters its factory takes, with values of the annotated types, so a
 typo such as ``stepz`` or ``quality: "high"`` costs one line, not a run that fails after its
-models trained; an entry point's module is imported and its ``kwargs`` checked the same way;
-and an L-inf budget above 1 is warned about.
+models trained (an ``adaptive`` attack's against the purifier's own adaptive attack: S-BIM's
+options for APuDAE); an entry point's module is imported and its ``kwargs`` checked the same
+way; and an L-inf budget above 1 is warned about.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from ..attacks import ATTACKS, parse_threat_model
 from ..entry_points import check_entry_point
 from ..errors import ConfigError
 from ..models import CLASSIFIERS
-from ..purifiers import PURIFIERS
+from ..purifiers import PURIFIERS, purifier_class
 from .config import AttackEntry, ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,29 @@ def check_params(config: ExperimentConfig) -> None:
             registry.check_params(name, params, supplied=supplied)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    for i, attack in enumerate(config.attacks):
+        for label, check in _adaptive_checks(config, attack):
+            try:
+                check(attack.params)
+            except ConfigError as exc:
+                raise ConfigError(f"attacks[{i}] (adaptive, {label}): {exc}") from None
+
+
+def _adaptive_checks(config: ExperimentConfig, attack: AttackEntry
+                     ) -> list[tuple[str, Callable[[dict[str, Any]], None]]]:
+    """(purifier label, its ``check_adaptive_params``) for every registry purifier that runs
+    ``attack`` under ``adaptive`` and checks the params of its own adaptive attack (APuDAE:
+    S-BIM's options)."""
+    out = []
+    for entry in config.purifiers:
+        label = entry.row_label
+        if entry.name is None or (attack.purifiers is not None and label not in attack.purifiers):
+            continue
+        tms = attack.threat_models or entry.threat_models or config.threat_models
+        check = getattr(purifier_class(entry.name), "check_adaptive_params", None)
+        if check is not None and any(parse_threat_model(t)[0] == "adaptive" for t in tms):
+            out.append((label, check))
+    return out
 
 
 def _runs_generic(config: ExperimentConfig, attack: AttackEntry) -> bool:

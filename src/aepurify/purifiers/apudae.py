@@ -51,7 +51,7 @@ from ..utils import batches
 from .base import Purifier
 from .rednet import REDNet
 from .randomness import Randomness, sample_tensor
-from .sbim import SBIM, check_sbim, make_sbim
+from .sbim import SBIM, check_sbim, check_sbim_params, make_sbim
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -320,6 +320,12 @@ class APuDAE(Purifier):
         """Raise NotApplicableError unless S-BIM covers ``attack_name`` and ``norm``
         (:func:`aepurify.purifiers.sbim.check_sbim`)."""
         check_sbim(attack_name, norm)
+
+    @staticmethod
+    def check_adaptive_params(params: dict[str, Any]) -> None:
+        """Check an adaptive attack entry's ``params`` against S-BIM's options at config time
+        (:func:`aepurify.purifiers.sbim.check_sbim_params`; raises ConfigError)."""
+        check_sbim_params(params)
 
     def adaptive_attack(self, attack_name: str, defended: nn.Module, eps: float, norm: str,
                         **params: Any) -> SBIM:

@@ -4,6 +4,7 @@ error low. Reached through :meth:`aepurify.purifiers.apudae.APuDAE.adaptive_atta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from ..checks import validated
 from ..errors import ConfigError, NotApplicableError
+from ..registry import check_keywords
 
 
 class Reconstructs(Protocol):
@@ -138,3 +140,13 @@ def make_sbim(attack_name: str, defended: nn.Module, purifier: Reconstructs, eps
         return SBIM(defended, purifier, eps, **params)  # type: ignore[arg-type]
     except TypeError as exc:
         raise ConfigError(f"bad S-BIM option: {exc}") from None
+
+
+def check_sbim_params(params: Mapping[str, object]) -> None:
+    """Check an ``adaptive`` attack entry's ``params`` against :class:`SBIM`'s options (names
+    and types), at config time, before any model trains.
+
+    Raises:
+        ConfigError: an unknown option or a value of the wrong type; one line.
+    """
+    check_keywords(SBIM, params, ("defended", "purifier", "eps"), "bad S-BIM parameters")
