@@ -4,6 +4,9 @@ the rank's device."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +148,26 @@ def test_backend_and_device_of_a_rank(monkeypatch):
         assert pick_device("cpu") == torch.device("cpu")
         if not torch.cuda.is_available():
             assert pick_device("auto") == torch.device("cpu")
+
+
+def _agree_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        dp = DataParallel(rank, 2)
+        results = [dp.all_agree(True, torch.device("cpu")),
+                   dp.all_agree(rank == 0, torch.device("cpu"))]
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_on_a_choice_only_when_every_rank_makes_it(tmp_path):
+    """The choice to keep training images on the GPU depends on each GPU's free memory; under
+    DDP the ranks take it together, since it decides where the augmentation draws come from."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_agree_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [True, False]

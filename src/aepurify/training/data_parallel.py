@@ -10,7 +10,9 @@ Inside :func:`data_parallel` (``aepurify train ...`` started by torchrun enters 
   gradients during the backward pass; each rank's loss is weighted by its share of the batch,
   so the averaged gradient is the gradient of the global batch's mean loss, the one a single
   process computes on the same batch (up to float summation order);
-- checkpoints (and model-cache entries) are written by rank 0 only.
+- checkpoints (and model-cache entries) are written by rank 0 only;
+- whether the training images stay on the GPU (which depends on its free memory) is decided by
+  all ranks together, since it decides the device of the augmentation's generator.
 
 BatchNorm layers normalise with their own rank's part of the batch and keep their own running
 statistics (DDP's default); rank 0's are saved. A model with BatchNorm therefore trains like a
@@ -73,6 +75,14 @@ class DataParallel:
         # static_graph: the same parameters take part in every step, and a parameter that never
         # gets a gradient (a part the loss does not use) is allowed
         return DistributedDataParallel(module, device_ids=ids, static_graph=True)
+
+    def all_agree(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on every rank (a collective: every rank must call it); for
+        choices that must not differ between ranks, such as keeping the training images on
+        the GPU, which decides the device of the augmentation's generator and so its draws."""
+        value = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean over the ranks of a scalar tensor (a collective: every rank must call it)."""

@@ -133,7 +133,10 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
              if settings.schedule == "cosine" else None)
     images, labels = data.images, data.labels
-    if _resident(images, device):
+    resident = _resident(images, device)  # free memory differs by GPU: all ranks must agree
+    if dp is not None:
+        resident = dp.all_agree(resident, device)
+    if resident:
         images, labels = images.to(device), labels.to(device)
     elif accelerated:
         images, labels = images.pin_memory(), labels.pin_memory()
