@@ -236,7 +236,8 @@ class EOT(EvalWrapper):
     gradients on), each chunk is recomputed in the backward pass instead of keeping its graph,
     with the random state replayed, so memory stays that of one call (under BPDA only the
     surrogate and the classifier are recomputed: the real purifier's output is a constant of the
-    backward pass). The chunking changes speed and memory only, not the result.
+    backward pass). A purifier's shared part (:meth:`Purifier.shared_part`, a VAE's posterior)
+    is computed once for all draws. The chunking changes speed and memory only, not the result.
     Averaging logits, rather than losses, is the common EOT variant for attacks that read logits
     (Athalye, Engstrom, Ilyas and Kwok, ICML 2018 average the loss; both estimate the gradient
     of the expectation).
@@ -267,10 +268,15 @@ class EOT(EvalWrapper):
         per_chunk = max(1, self.chunk_pixels(x.device) // max(x.numel(), 1))
         recompute = (torch.is_grad_enabled() and per_chunk < self.samples
                      and self.samples * x.numel() > EOT_GRAPH_PIXELS)
+        shared = None
+        if isinstance(self.module, DefendedClassifier):  # e.g. a VAE's posterior: once
+            shared = self.module.purifier.shared_part(x)
         total = None
         for start in range(0, self.samples, per_chunk):
             r = min(per_chunk, self.samples - start)
-            if recompute and isinstance(self.module, BPDAClassifier):
+            if shared is not None:
+                out = self._shared_chunk(x, shared, r, recompute)
+            elif recompute and isinstance(self.module, BPDAClassifier):
                 out = self._bpda_chunk(x, r)
             elif recompute:  # bounded memory: this chunk's graph is rebuilt in the backward pass
                 out = checkpoint(self._chunk, x, r, use_reentrant=False, preserve_rng_state=True)
@@ -282,6 +288,24 @@ class EOT(EvalWrapper):
     def _chunk(self, x: torch.Tensor, r: int) -> torch.Tensor:
         """Sum of the logits (N, K) of ``r`` draws, one call of the module."""
         return self.module(x.repeat(r, 1, 1, 1)).view(r, x.shape[0], -1).sum(0)
+
+    def _shared_chunk(self, x: torch.Tensor, shared: dict[str, torch.Tensor], r: int,
+                      recompute: bool) -> torch.Tensor:
+        """:meth:`_chunk` from the purifier's shared part (:meth:`Purifier.shared_part`): only
+        the per-draw rest of the purifier and the classifier run per chunk (and are recomputed
+        in the backward pass past the graph budget); the shared part's graph is kept once."""
+        module = self.module
+        assert isinstance(module, DefendedClassifier)
+        names = list(shared)
+
+        def rest(x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+            purified = module.purifier.purify_from_shared(x, dict(zip(names, tensors)), r)
+            return module.classifier(purified).view(r, x.shape[0], -1).sum(0)
+
+        if recompute:
+            return checkpoint(rest, x, *shared.values(), use_reentrant=False,
+                              preserve_rng_state=True)
+        return rest(x, *shared.values())
 
     def _bpda_chunk(self, x: torch.Tensor, r: int) -> torch.Tensor:
         """:meth:`_chunk` for BPDA with bounded memory. The real purifier (all the randomness,
