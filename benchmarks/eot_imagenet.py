@@ -20,10 +20,9 @@ seconds for one gradient of the EOT loss each way, the best of ``--repeats``, an
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-import torch.nn.functional as F
+from eot_chunking import gradient_seconds  # same folder: the same timing
 from torch import nn
 
 from aepurify.attacks.threat_models import EOT, EOT_GRAPH_PIXELS, BPDAClassifier
@@ -41,18 +40,6 @@ class Hidden(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
-
-
-def gradient_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
-    """Best wall seconds of one loss gradient with respect to x, over ``repeats`` runs."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        xa = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
-        assert g.shape == x.shape
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

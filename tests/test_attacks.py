@@ -112,23 +112,28 @@ def test_eot_chunks_draws_by_pixels_on_cpu(mnist_batch):
         EOT(recorder, samples=3, max_pixels=0)
 
 
+class _CountedLinear(nn.Module):
+    """Squared linear logits of 3x32x32 images plus optional input noise; counts its calls."""
+
+    def __init__(self, noise: float):
+        super().__init__()
+        self.calls, self.noise = 0, noise
+        self.lin = nn.Linear(3 * 32 * 32, 4)
+
+    def forward(self, x):
+        self.calls += 1
+        if self.noise:  # without noise it draws nothing, as a classifier
+            x = x + self.noise * torch.randn_like(x)
+        return self.lin(x.flatten(1)) ** 2
+
+
 def test_eot_recomputes_chunks_past_the_graph_budget_with_the_same_draws():
     """Past EOT_GRAPH_PIXELS the chunks are recomputed in the backward pass (bounded memory),
     with the random state replayed: the same logits and the same gradient as keeping every
     graph, and the module runs once more per chunk."""
     from aepurify.attacks.threat_models import EOT_GRAPH_PIXELS
 
-    class NoisyLinear(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
-            self.lin = nn.Linear(3 * 32 * 32, 4)
-
-        def forward(self, x):
-            self.calls += 1
-            return self.lin((x + 0.1 * torch.randn_like(x)).flatten(1)) ** 2
-
-    net = NoisyLinear()
+    net = _CountedLinear(noise=0.1)
     x = torch.rand(2, 3, 32, 32)
     samples = EOT_GRAPH_PIXELS // x.numel() + 2  # just past the graph budget
     grads, outs = [], []
@@ -159,17 +164,7 @@ def test_bpda_eot_past_the_graph_budget_purifies_each_draw_once():
             CountedNoisy.calls += 1
             return super().purify(x)
 
-    class CountedLinear(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
-            self.lin = nn.Linear(3 * 32 * 32, 4)
-
-        def forward(self, x):
-            self.calls += 1
-            return self.lin(x.flatten(1)) ** 2
-
-    clf = CountedLinear()
+    clf = _CountedLinear(noise=0.0)
     bpda = BPDAClassifier(DefendedClassifier(clf, CountedNoisy(3)))
     x = torch.rand(2, 3, 32, 32)
     samples = EOT_GRAPH_PIXELS // x.numel() + 2  # just past the graph budget
