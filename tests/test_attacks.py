@@ -112,23 +112,28 @@ def test_eot_chunks_draws_by_pixels_on_cpu(mnist_batch):
         EOT(recorder, samples=3, max_pixels=0)
 
 
+class _CountedLinear(nn.Module):
+    """Squared linear logits of 3x32x32 images plus optional input noise; counts its calls."""
+
+    def __init__(self, noise: float):
+        super().__init__()
+        self.calls, self.noise = 0, noise
+        self.lin = nn.Linear(3 * 32 * 32, 4)
+
+    def forward(self, x):
+        self.calls += 1
+        if self.noise:  # without noise it draws nothing, as a classifier
+            x = x + self.noise * torch.randn_like(x)
+        return self.lin(x.flatten(1)) ** 2
+
+
 def test_eot_recomputes_chunks_past_the_graph_budget_with_the_same_draws():
     """Past EOT_GRAPH_PIXELS the chunks are recomputed in the backward pass (bounded memory),
     with the random state replayed: the same logits and the same gradient as keeping every
     graph, and the module runs once more per chunk."""
     from aepurify.attacks.threat_models import EOT_GRAPH_PIXELS
 
-    class NoisyLinear(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
-            self.lin = nn.Linear(3 * 32 * 32, 4)
-
-        def forward(self, x):
-            self.calls += 1
-            return self.lin((x + 0.1 * torch.randn_like(x)).flatten(1)) ** 2
-
-    net = NoisyLinear()
+    net = _CountedLinear(noise=0.1)
     x = torch.rand(2, 3, 32, 32)
     samples = EOT_GRAPH_PIXELS // x.numel() + 2  # just past the graph budget
     grads, outs = [], []
@@ -144,6 +149,40 @@ def test_eot_recomputes_chunks_past_the_graph_budget_with_the_same_draws():
     assert net.calls == 2 * chunks  # each chunk once forward, once in the backward pass
     assert torch.allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
     assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+
+
+def test_bpda_eot_past_the_graph_budget_purifies_each_draw_once():
+    """Under bpda+eot past EOT_GRAPH_PIXELS the real purifier (random, and costly for APuDAE)
+    runs once per chunk; only the surrogate and the classifier are recomputed in the backward
+    pass. Logits and gradient equal those of keeping every graph in one call."""
+    from aepurify.attacks.threat_models import EOT_GRAPH_PIXELS
+
+    class CountedNoisy(_Noisy):
+        calls = 0
+
+        def purify(self, x):
+            CountedNoisy.calls += 1
+            return super().purify(x)
+
+    clf = _CountedLinear(noise=0.0)
+    bpda = BPDAClassifier(DefendedClassifier(clf, CountedNoisy(3)))
+    x = torch.rand(2, 3, 32, 32)
+    samples = EOT_GRAPH_PIXELS // x.numel() + 2  # just past the graph budget
+    chunks = -(-samples // (EOT_PIXELS_CPU // x.numel()))
+    grads, outs = [], []
+    for budget in (EOT_GRAPH_PIXELS * 4, EOT_PIXELS_CPU):  # one call; chunks, recomputed
+        torch.manual_seed(0)
+        CountedNoisy.calls, clf.calls = 0, 0
+        xg = x.clone().requires_grad_(True)
+        out = EOT(bpda, samples, max_pixels=budget)(xg)
+        (g,) = torch.autograd.grad(out.sum(), xg)
+        outs.append(out.detach())
+        grads.append(g)
+    assert CountedNoisy.calls == chunks  # purified once per chunk, never in the backward pass
+    assert clf.calls == 2 * chunks  # the classifier's graph is rebuilt in the backward pass
+    assert torch.allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+    assert grads[1].abs().sum() > 0
 
 
 def test_attack_module_takes_the_eot_pixel_budget(tiny_lenet, mnist_batch):

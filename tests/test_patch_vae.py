@@ -123,6 +123,62 @@ def test_white_box_eot_gradients_flow_through_the_patches(tiny_lenet, mnist_batc
     assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
 
 
+def test_shared_posterior_gives_the_draws_of_repeated_input(mnist_batch):
+    """purify_from_shared(shared_part(x), r) equals forward(x.repeat(r)) from the same
+    generator state: the same latent draws in the same order (mix of two patch sizes)."""
+    x = mnist_batch[0][:3]
+    pur = _patch_vae(patch_sizes=[8, 16])
+    with torch.no_grad():
+        torch.manual_seed(5)
+        repeated = pur(x.repeat(4, 1, 1, 1))
+        torch.manual_seed(5)
+        shared = pur.shared_part(x)
+        assert sorted(shared) == ["logvar_16", "logvar_8", "mu_16", "mu_8"]
+        drawn = pur.purify_from_shared(x, shared, 4)
+    assert drawn.shape == (12, 1, 28, 28)
+    assert torch.allclose(drawn, repeated, atol=1e-5)
+    with pytest.raises(InputError):
+        pur.shared_part(x * 2)
+
+
+@pytest.mark.parametrize("budget", [None, 1])  # one call for all draws; one draw per call,
+def test_eot_encodes_once_with_the_same_logits_and_gradient(tiny_lenet, mnist_batch, budget,
+                                                            monkeypatch):
+    """EOT over a patch VAE encodes the patches once (the posterior is shared by the draws)
+    and gives the logits and gradient of running the whole purifier per draw, also when the
+    chunks are recomputed in the backward pass (budget 1 with a graph budget of 0)."""
+    from aepurify.attacks import threat_models
+    from aepurify.purifiers import DefendedClassifier
+
+    if budget == 1:
+        monkeypatch.setattr(threat_models, "EOT_GRAPH_PIXELS", 0)
+    x, y = mnist_batch[0][:4], mnist_batch[1][:4]
+    pur = _patch_vae()
+    defended = DefendedClassifier(tiny_lenet, pur)
+    calls = []
+    encode = pur.coders[0].encode
+    monkeypatch.setattr(pur.coders[0], "encode", lambda h: calls.append(1) or encode(h))
+
+    class Plain(torch.nn.Module):  # not a DefendedClassifier: the whole purifier per draw
+        def forward(self, x):
+            return defended(x)
+
+    results = []
+    for module in (Plain(), defended):
+        torch.manual_seed(0)
+        calls.clear()
+        xg = x.clone().requires_grad_(True)
+        out = EOT(module, samples=5, max_pixels=budget)(xg)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        results.append((out.detach(), xg.grad, len(calls)))
+    (out_a, grad_a, calls_a), (out_b, grad_b, calls_b) = results
+    # whole purifier per draw: one call for all 5 draws, or 5 chunks each run twice (recomputed)
+    assert calls_b == 1 and calls_a == (10 if budget == 1 else 1)
+    assert torch.allclose(out_a, out_b, atol=1e-5)
+    assert torch.allclose(grad_a, grad_b, rtol=1e-3, atol=1e-6)
+    assert float(grad_b.abs().sum()) > 0
+
+
 def test_vae_layouts_and_sizes():
     mnist = create_purifier("vae", "mnist")
     assert mnist.layout == "mnist" and mnist.net.to_mu.out_features == 256

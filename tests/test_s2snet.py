@@ -166,6 +166,48 @@ def test_prediction_target_needs_no_labels(tiny_lenet, mnist_train, mnist_batch)
         assert torch.equal(a, b), k
 
 
+def test_distill_target_is_the_kl_to_the_classifiers_softmax(tiny_lenet, mnist_train,
+                                                             monkeypatch):
+    """target=distill: stage 2 minimises KL(softmax f(x) || softmax f(D(E(x)))) (checked on the
+    loss the loop receives), reads no labels (all-wrong labels give the same decoder) and
+    lowers that KL."""
+    import aepurify.training.loops as loops
+
+    seen = []
+    run = loops.run_minibatches
+
+    def spy(params, loss_fn, *args, **kwargs):
+        seen.append(loss_fn)
+        return run(params, loss_fn, *args, **kwargs)
+
+    monkeypatch.setattr(loops, "run_minibatches", spy)
+    wrong = ImageDataset(mnist_train.name, "train", mnist_train.images[:256],
+                         torch.zeros(256, dtype=torch.long), mnist_train.classes, "test")
+    x, y = mnist_train.take(64).tensors()
+    settings = TrainSettings(epochs=2, batch_size=64, lr=0.01, extra={"target": "distill"})
+    nets = []
+    for data in (wrong, mnist_train.take(256)):
+        torch.manual_seed(0)
+        net = create_purifier("s2snet", "mnist", width=4, convs=1)
+        assert net.fit(data, settings, classifier=tiny_lenet)["target"] == "distill"
+        nets.append(net)
+    for (k, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        assert torch.equal(a, b), k
+    net = nets[1].eval()
+    with torch.no_grad():
+        p = torch.softmax(tiny_lenet(x), 1)
+        q = torch.softmax(tiny_lenet(net(x)), 1)
+        kl = float((p * (p.log() - q.log())).sum(1).mean())
+        loss = float(seen[-1](x, y))  # stage 2's loss (the last loop run) on the trained net
+    assert abs(loss - kl) < 1e-4 * max(1.0, kl)
+    torch.manual_seed(0)
+    fresh = create_purifier("s2snet", "mnist", width=4, convs=1)
+    fresh.fit_stage1(mnist_train.take(256), settings.model_copy(update={"extra": {}}))
+    with torch.no_grad():
+        q0 = torch.softmax(tiny_lenet(fresh.eval()(x)), 1)
+    assert kl < float((p * (p.log() - q0.log())).sum(1).mean())
+
+
 def test_stage1_is_shared_by_the_s2snets_of_several_classifiers(tiny_lenet, mnist_train):
     """One run, two classifiers: the second S2SNet reuses the first one's stage 1 (the paper's
     single stage-1 autoencoder), bit for bit; other stage-1 settings train anew."""
@@ -196,7 +238,7 @@ def test_stage_settings_and_their_errors():
     assert split_settings(TrainSettings())[2] == "label"
     with pytest.raises(ConfigError, match="unknown s2snet training option.*stage2_epoch\\b"):
         split_settings(TrainSettings(extra={"stage2_epoch": 1}))
-    with pytest.raises(ConfigError, match="target must be one of label, prediction"):
+    with pytest.raises(ConfigError, match="target must be one of label, prediction, distill"):
         split_settings(TrainSettings(extra={"target": "labels"}))
     with pytest.raises(ConfigError, match="stage2_lr"):
         split_settings(TrainSettings(extra={"stage2_lr": -1}))

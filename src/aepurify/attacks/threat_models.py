@@ -160,15 +160,21 @@ def check_attack(tm: ThreatModel, attack: str, norm: str | None = None,
         check(attack, norm)
 
 
-def bpda_purify(purifier: Purifier, x: torch.Tensor) -> torch.Tensor:
+def bpda_purify(purifier: Purifier, x: torch.Tensor, exact: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """Forward: ``purifier(x)`` exactly; backward: the gradient of ``purifier.surrogate(x)``.
+
+    Args:
+        exact: ``purifier(x)`` computed beforehand (it is a constant of the backward pass), or
+            None to compute it here without a graph.
 
     Shapes: (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1].
     """
     approx = purifier.surrogate(x)
-    with torch.no_grad():
-        exact = purifier(x)
-    return approx + (exact - approx).detach()
+    if exact is None:
+        with torch.no_grad():
+            exact = purifier(x)
+    return approx + (exact.detach() - approx).detach()
 
 
 class BPDAClassifier(EvalWrapper):
@@ -182,7 +188,19 @@ class BPDAClassifier(EvalWrapper):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(bpda_purify(self.purifier, x))
+        return self.classify_purified(x, self.purify_exact(x))
+
+    def purify_exact(self, x: torch.Tensor) -> torch.Tensor:
+        """The real purifier's output, without a graph: the constant part of the forward pass
+        ((N, C, H, W) in [0, 1] -> the same)."""
+        with torch.no_grad():
+            return self.purifier(x)
+
+    def classify_purified(self, x: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) of the classifier on ``exact`` (= :meth:`purify_exact` of ``x``), with
+        the backward pass through the surrogate at ``x``: the part of the forward pass that has a
+        graph, all that EOT needs to recompute in the backward pass."""
+        return self.classifier(bpda_purify(self.purifier, x, exact))
 
 
 # Pixel values (N x C x H x W) per call of the module in an EOT chunk, tuned at 32 px: on a CPU a
@@ -216,8 +234,10 @@ class EOT(EvalWrapper):
     call). ``max_pixels=None`` picks the budget by the input's device
     (:func:`eot_pixel_budget`). Past :data:`EOT_GRAPH_PIXELS` over all draws (and with
     gradients on), each chunk is recomputed in the backward pass instead of keeping its graph,
-    with the random state replayed, so memory stays that of one call. The chunking changes speed
-    and memory only, not the result.
+    with the random state replayed, so memory stays that of one call (under BPDA only the
+    surrogate and the classifier are recomputed: the real purifier's output is a constant of the
+    backward pass). A purifier's shared part (:meth:`Purifier.shared_part`, a VAE's posterior)
+    is computed once for all draws. The chunking changes speed and memory only, not the result.
     Averaging logits, rather than losses, is the common EOT variant for attacks that read logits
     (Athalye, Engstrom, Ilyas and Kwok, ICML 2018 average the loss; both estimate the gradient
     of the expectation).
@@ -248,10 +268,17 @@ class EOT(EvalWrapper):
         per_chunk = max(1, self.chunk_pixels(x.device) // max(x.numel(), 1))
         recompute = (torch.is_grad_enabled() and per_chunk < self.samples
                      and self.samples * x.numel() > EOT_GRAPH_PIXELS)
+        shared = None
+        if isinstance(self.module, DefendedClassifier):  # e.g. a VAE's posterior: once
+            shared = self.module.purifier.shared_part(x)
         total = None
         for start in range(0, self.samples, per_chunk):
             r = min(per_chunk, self.samples - start)
-            if recompute:  # bounded memory: this chunk's graph is rebuilt in the backward pass
+            if shared is not None:
+                out = self._shared_chunk(x, shared, r, recompute)
+            elif recompute and isinstance(self.module, BPDAClassifier):
+                out = self._bpda_chunk(x, r)
+            elif recompute:  # bounded memory: this chunk's graph is rebuilt in the backward pass
                 out = checkpoint(self._chunk, x, r, use_reentrant=False, preserve_rng_state=True)
             else:
                 out = self._chunk(x, r)
@@ -261,6 +288,39 @@ class EOT(EvalWrapper):
     def _chunk(self, x: torch.Tensor, r: int) -> torch.Tensor:
         """Sum of the logits (N, K) of ``r`` draws, one call of the module."""
         return self.module(x.repeat(r, 1, 1, 1)).view(r, x.shape[0], -1).sum(0)
+
+    def _shared_chunk(self, x: torch.Tensor, shared: dict[str, torch.Tensor], r: int,
+                      recompute: bool) -> torch.Tensor:
+        """:meth:`_chunk` from the purifier's shared part (:meth:`Purifier.shared_part`): only
+        the per-draw rest of the purifier and the classifier run per chunk (and are recomputed
+        in the backward pass past the graph budget); the shared part's graph is kept once."""
+        module = self.module
+        assert isinstance(module, DefendedClassifier)
+        names = list(shared)
+
+        def rest(x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+            purified = module.purifier.purify_from_shared(x, dict(zip(names, tensors)), r)
+            return module.classifier(purified).view(r, x.shape[0], -1).sum(0)
+
+        if recompute:
+            return checkpoint(rest, x, *shared.values(), use_reentrant=False,
+                              preserve_rng_state=True)
+        return rest(x, *shared.values())
+
+    def _bpda_chunk(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """:meth:`_chunk` for BPDA with bounded memory. The real purifier (all the randomness,
+        and for APuDAE 13 DAE passes per image) runs once, outside the checkpoint: its output
+        is a constant of the backward pass, so only the surrogate and the classifier are
+        recomputed there, not the purification (which doubled the cost of a bpda+eot row)."""
+        module = self.module
+        assert isinstance(module, BPDAClassifier)
+        xr = x.repeat(r, 1, 1, 1)
+        exact = module.purify_exact(xr)
+
+        def rest(xr: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+            return module.classify_purified(xr, exact).view(r, x.shape[0], -1).sum(0)
+
+        return checkpoint(rest, xr, exact, use_reentrant=False, preserve_rng_state=True)
 
 
 def attack_module(tm: ThreatModel, defended: DefendedClassifier,

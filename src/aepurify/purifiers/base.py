@@ -99,6 +99,28 @@ class Purifier(Configurable, nn.Module):
         """The purification itself, on validated input. Override this."""
         raise NotImplementedError
 
+    def shared_part(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The part of a random purification that depends on x only, not on the draw (a VAE's
+        posterior mean and log-variance), for EOT to compute once for all its draws; None
+        (the default) when there is none. Validates ``x`` like :meth:`forward`.
+
+        Shapes: x (N, C, H, W) in [0, 1] -> named tensors, each with a graph back to x.
+        """
+        return None
+
+    def purify_from_shared(self, x: torch.Tensor, shared: dict[str, torch.Tensor],
+                           draws: int) -> torch.Tensor:
+        """``draws`` purifications of each image from :meth:`shared_part`'s output, draw-major:
+        the same values as ``forward(x.repeat(draws, 1, 1, 1))`` from the same generator state
+        (same draws, same order).
+
+        Shapes: x (N, C, H, W) in [0, 1] -> (draws * N, C, H, W) in [0, 1].
+
+        Raises:
+            NotImplementedError: the purifier has no shared part.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no shared part")
+
     def surrogate(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable approximation of :meth:`forward` for BPDA (identity by default)."""
         return x

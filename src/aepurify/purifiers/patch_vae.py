@@ -42,10 +42,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..checks import check_images
 from ..errors import ConfigError, InputError, NotApplicableError
 from .base import Purifier
 from .randomness import Randomness, sample_tensor
-from .vae_nets import GaussianCoder, paper_vae, patch_coder
+from .vae_nets import GaussianCoder, gaussian_sample, paper_vae, patch_coder
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -278,23 +279,64 @@ class PatchVAE(_VariationalPurifier):
         cut into patches (one batched ``unfold``), reconstruct them in one pass, put them back
         with ``fold`` and divide by the number of patches covering each pixel, crop. ``noise``
         (N * patches, D) replays the latent noise."""
+        mu, logvar = self.encode_size(x, index)
+        return self.decode_size(x, index, mu, logvar, 1, noise)
+
+    def encode_size(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of every patch of x (N, C, H, W) for the VAE of
+        ``patch_sizes[index]``: each (N * patches, D), image-major (the patches of image 0
+        first, in ``unfold``'s order)."""
         n, c, h, w = x.shape
         p, s, (hp, top, bottom), (wp, left, right) = self.grid(index, h, w)
         padded = F.pad(x, (left, right, top, bottom), mode="replicate") if (hp, wp) != (h, w) \
             else x
         cols = F.unfold(padded, p, stride=s)                        # (N, C*p*p, L)
-        count = cols.shape[-1]
-        patches = cols.transpose(1, 2).reshape(n * count, c, p, p)
-        rec = self.reconstruct(self.coders[index], patches, noise)
-        rec_cols = rec.reshape(n, count, c * p * p).transpose(1, 2)
+        patches = cols.transpose(1, 2).reshape(n * cols.shape[-1], c, p, p)
+        return self.coders[index].encode(patches)
+
+    def decode_size(self, x: torch.Tensor, index: int, mu: torch.Tensor, logvar: torch.Tensor,
+                    draws: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``draws`` reconstructions of x (N, C, H, W) from :meth:`encode_size`'s ``mu`` and
+        ``logvar``: latents sampled for (draws * N * patches) rows, draw-major, decoded, folded
+        back and divided by each pixel's patch count. Returns (draws * N, C, H, W) in [0, 1];
+        ``noise`` (draws * N * patches, D) replays the latent noise."""
+        n, c, h, w = x.shape
+        p, s, (hp, top, bottom), (wp, left, right) = self.grid(index, h, w)
+        if draws > 1:
+            mu, logvar = mu.repeat(draws, 1), logvar.repeat(draws, 1)
+        z = gaussian_sample(mu, logvar, self.sample, self.noise_clip, noise)
+        rec = torch.sigmoid(self.coders[index].decode_logits(z, (p, p)))
+        count = rec.shape[0] // (draws * n)
+        rec_cols = rec.reshape(draws * n, count, c * p * p).transpose(1, 2)
         summed = F.fold(rec_cols, (hp, wp), p, stride=s)
-        cover = F.fold(torch.ones_like(cols[:1]), (hp, wp), p, stride=s)
+        cover = F.fold(torch.ones_like(rec_cols[:1]), (hp, wp), p, stride=s)
         return (summed / cover)[..., top:top + h, left:left + w]
 
     def purify(self, x: torch.Tensor, randomness: Randomness | None = None) -> torch.Tensor:
         noise = [randomness[f"latent_{p}"] if randomness else None for p in self.patch_sizes]
         out = torch.stack([self.purify_size(x, i, noise[i])
                            for i in range(len(self.coders))]).mean(0)
+        return self._finish(out)
+
+    def shared_part(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The posterior of every patch (``mu_P``, ``logvar_P`` per patch size P): all that a
+        draw does not change. EOT encodes once and decodes each draw (the encoder and the two
+        dense heads are over half of a patch VAE's work), and keeps one encoder graph."""
+        check_images(x, channels=self.in_channels)
+        shared = {}
+        for i, p in enumerate(self.patch_sizes):
+            shared[f"mu_{p}"], shared[f"logvar_{p}"] = self.encode_size(x, i)
+        return shared
+
+    def purify_from_shared(self, x: torch.Tensor, shared: dict[str, torch.Tensor],
+                           draws: int) -> torch.Tensor:
+        out = torch.stack([self.decode_size(x, i, shared[f"mu_{p}"], shared[f"logvar_{p}"],
+                                            draws)
+                           for i, p in enumerate(self.patch_sizes)]).mean(0)
+        return self._finish(out)
+
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
+        """The optional Gaussian smoothing of the averaged reconstruction, clipped to [0, 1]."""
         if self.smooth > 0:
             from kornia.filters import gaussian_blur2d
 

@@ -13,7 +13,9 @@ Training has two stages (:meth:`S2SNet.fit`):
 2. signal: encoder and classifier are frozen (weights and BatchNorm statistics), and only the
    decoder is fine-tuned with the classifier's cross-entropy on the reconstruction,
    ``CE(f(D(E(x))), t)``, where the target ``t`` is the label or the classifier's own prediction
-   on ``x`` (no labels needed). The decoder then re-creates only the signal the classifier uses.
+   on ``x`` (no labels needed), or (``distill``, not in the paper) ``KL(f(x) || f(D(E(x))))``
+   with the classifier's softmax on ``x`` as a soft target. The decoder then re-creates only the
+   signal the classifier uses.
 
 The defense is ``x -> f(D(E(x)))``. The whole map is differentiable (max-pooling and unpooling
 pass gradients to the argmax positions), so the paper's white-box setting applies exactly.
@@ -50,7 +52,7 @@ PRESETS: dict[int, tuple[tuple[int, int], ...]] = {
 # Stage-2 options read from ``TrainSettings.extra`` (the rest of TrainSettings drives stage 1).
 STAGE2_KEYS = ("stage2_epochs", "stage2_lr", "stage2_batch_size", "stage2_max_images",
                "stage2_schedule", "stage2_weight_decay", "target")
-TARGETS = ("label", "prediction")
+TARGETS = ("label", "prediction", "distill")
 
 
 def preset_for(image_size: int) -> tuple[tuple[int, int], ...]:
@@ -244,8 +246,9 @@ class S2SNet(Purifier):
                 max_images, seed. ``settings.extra`` holds stage 2's options, each defaulting to
                 stage 1's value: ``stage2_epochs``, ``stage2_lr``, ``stage2_batch_size``,
                 ``stage2_max_images``, ``stage2_schedule``, ``stage2_weight_decay``, and
-                ``target``: ``label`` (default, the paper) or ``prediction`` (the classifier's
-                own prediction on the clean image, so no labels are needed).
+                ``target``: ``label`` (default, the paper), ``prediction`` (the classifier's
+                own prediction on the clean image, so no labels are needed) or ``distill``
+                (its softmax on the clean image as a soft target, KL divergence; no labels).
             classifier: the defended classifier, (N, C, H, W) in [0, 1] -> logits (N, K).
             device: where to train.
 
@@ -318,7 +321,8 @@ class S2SNet(Purifier):
             train: training split.
             settings: stage 2's epochs, batch size, learning rate, ...
             classifier: the defended classifier, (N, C, H, W) in [0, 1] -> logits (N, K).
-            target: ``label`` (t = y) or ``prediction`` (t = argmax classifier(x), no labels).
+            target: ``label`` (t = y), ``prediction`` (t = argmax classifier(x), no labels) or
+                ``distill`` (KL divergence to softmax classifier(x), no labels).
 
         Returns:
             The loop's metrics plus ``mse``, the reconstruction MSE afterwards on the first
@@ -336,8 +340,12 @@ class S2SNet(Purifier):
         def signal_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 code = self.encode(x)
-                t = y if target == "label" else classifier(x).argmax(1)
-            return F.cross_entropy(classifier(self.decode(*code)), t)
+                t = y if target == "label" else classifier(x)
+            logits = classifier(self.decode(*code))
+            if target == "distill":  # soft target: KL(softmax f(x) || softmax f(D(E(x))))
+                return F.kl_div(F.log_softmax(logits, 1), F.log_softmax(t, 1), log_target=True,
+                                reduction="batchmean")
+            return F.cross_entropy(logits, t if target == "label" else t.argmax(1))
 
         # eval mode for the frozen parts: BatchNorm uses, and does not update, its statistics
         try:
