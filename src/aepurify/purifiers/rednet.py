@@ -99,20 +99,13 @@ def _subpixel_last(deconv: nn.ConvTranspose2d, h: torch.Tensor, size: torch.Size
     if (deconv.stride, deconv.kernel_size, deconv.padding, deconv.dilation, deconv.groups) != \
             ((2, 2), (3, 3), (1, 1), (1, 1), 1):
         return deconv(h, output_size=size)
-    w = deconv.weight  # (F, C, 3, 3)
     # Output row 2m takes tap 1 of input row m; row 2m + 1 takes tap 2 of row m and tap 0 of
-    # row m + 1. Per phase (a, b): kernel[c, :, di, dj] = w[:, c, tap(a, di), tap(b, dj)].
-    taps = ((1, None), (2, 0))  # phase -> tap for window offset 0 and 1 (None: no tap)
-    zero = w.new_zeros(w.shape[:2])
-    phases = []
-    for a in (0, 1):
-        for b in (0, 1):
-            phases.append(torch.stack([
-                torch.stack([w[:, :, taps[a][di], taps[b][dj]]
-                             if taps[a][di] is not None and taps[b][dj] is not None else zero
-                             for dj in (0, 1)], -1) for di in (0, 1)], -2))
-    # (4, F, C, 2, 2) -> (C * 4, F, 2, 2) in pixel_shuffle's channel order c * 4 + a * 2 + b
-    kernel = torch.stack(phases, 0).permute(2, 0, 1, 3, 4).reshape(-1, w.shape[0], 2, 2)
+    # row m + 1. taps[phase][offset into the 2x2 window] indexes the taps, padded with a zero 4th.
+    w = F.pad(deconv.weight, (0, 1, 0, 1))  # (F, C, 4, 4), taps 0-2 and a zero
+    taps = torch.tensor([[1, 3], [2, 0]], device=w.device)
+    # (F, C, a, di, b, dj) -> (C, a, b, F, di, dj) -> (C * 4, F, 2, 2): pixel_shuffle's order
+    kernel = w[:, :, taps[:, :, None, None], taps[None, None]]
+    kernel = kernel.permute(1, 2, 4, 0, 3, 5).reshape(-1, w.shape[0], 2, 2)
     bias = deconv.bias.repeat_interleave(4) if deconv.bias is not None else None
     out = F.pixel_shuffle(F.conv2d(F.pad(h, (0, 1, 0, 1)), kernel, bias), 2)
     return out[..., :size[0], :size[1]]
