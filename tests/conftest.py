@@ -12,6 +12,9 @@ import pytest
 os.environ["AEPURIFY_OFFLINE"] = "1"
 os.environ["AEPURIFY_PROGRESS"] = "0"
 os.environ.pop("AEPURIFY_DATA", None)
+# precision auto picks fp32 here, on any CPU: the suite computes the same on a CI machine with
+# or without bf16 units; the bf16 paths are tested by asking for bf16 explicitly
+os.environ["AEPURIFY_CPU_BF16"] = "0"
 
 import torch  # noqa: E402
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from aepurify import precision as precision_module
 from aepurify.models import create_classifier
 from aepurify.training import TrainSettings, fit_classifier, get_classifier, run_minibatches
-from aepurify.training import loops
+from aepurify.errors import ConfigError
 from aepurify.training.augment import crop_flip, draw_crop_flip
 from aepurify.utils import batches, seed_everything
 
@@ -33,17 +34,22 @@ def test_crop_flip_is_reflect_pad_then_crop_then_flip():
     assert crop_flip(x.to(torch.uint8), draw, 2).dtype == torch.uint8  # no float copy needed
 
 
-def test_cpu_loop_is_bit_identical_to_a_plain_pytorch_loop(mnist_train):
-    """What the loop computes on a CPU did not change with the accelerator work: the same
-    weights, bit for bit, as the textbook loop (Adam, cosine, seeded batch order)."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_loop_is_bit_identical_to_a_plain_pytorch_loop(mnist_train, precision):
+    """What the loop computes on a CPU is the textbook loop's: the same weights, bit for bit
+    (Adam, cosine, seeded batch order); in bf16, the textbook fast loop's (channels-last
+    weights and images, bf16 autocast)."""
     settings = TrainSettings(epochs=2, batch_size=64, lr=0.003, schedule="cosine",
-                             max_images=320, seed=5)
+                             max_images=320, seed=5, precision=precision)
     seed_everything(0)
     ours = create_classifier("lenet", "mnist")
     metrics = fit_classifier(ours, mnist_train, settings)
 
     seed_everything(0)
     plain = create_classifier("lenet", "mnist").train()
+    fast = precision == "bf16"
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    plain.to(memory_format=fmt)
     data = mnist_train.take(320)
     opt = torch.optim.Adam(plain.parameters(), lr=0.003)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
@@ -52,21 +58,39 @@ def test_cpu_loop_is_bit_identical_to_a_plain_pytorch_loop(mnist_train):
         order = torch.randperm(320, generator=gen)
         for sl in batches(320, 64):
             idx = order[sl]
-            x = data.images[idx].float().div_(255.0)
-            loss = F.cross_entropy(plain(x), data.labels[idx])
+            x = data.images[idx].contiguous(memory_format=fmt).float().div_(255.0)
+            with torch.autocast("cpu", torch.bfloat16, enabled=fast):
+                loss = F.cross_entropy(plain(x), data.labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
     for (name, a), b in zip(ours.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), name
-    assert metrics["final_loss"] == float(loss.detach()) and metrics["precision"] == "fp32"
+    assert metrics["final_loss"] == float(loss.detach()) and metrics["precision"] == precision
     assert metrics["steps"] == 10 and not ours.training
+    assert all(p.is_contiguous() for p in ours.parameters())  # NCHW again after training
 
 
-def test_precision_resolves_by_device_and_keys_the_cache(mnist_train, tmp_path):
+def test_precision_auto_resolves_by_hardware(monkeypatch):
+    monkeypatch.delenv(precision_module.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16_units", lambda: True)
+    assert TrainSettings().resolved("cpu").precision == "bf16"
+    assert TrainSettings(precision="auto").resolved("cpu").precision == "bf16"
+    assert precision_module.resolve_precision("auto", "mps") == "fp32"
+    monkeypatch.setenv(precision_module.CPU_BF16_ENV, "0")  # asked to keep fp32
     assert TrainSettings().resolved("cpu").precision == "fp32"
-    assert TrainSettings().resolved("cuda").precision == "bf16"
+    monkeypatch.setenv(precision_module.CPU_BF16_ENV, "yes")
+    with pytest.raises(ConfigError, match="AEPURIFY_CPU_BF16"):
+        TrainSettings().resolved("cpu")
+    monkeypatch.delenv(precision_module.CPU_BF16_ENV)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16_units", lambda: False)
+    assert TrainSettings().resolved("cpu").precision == "fp32"  # emulated bf16 is slower
+    assert TrainSettings(precision="bf16").resolved("cpu").precision == "bf16"
+
+
+def test_precision_keys_the_cache(mnist_train, tmp_path, monkeypatch):
+    monkeypatch.setenv(precision_module.CPU_BF16_ENV, "0")
     assert TrainSettings(precision="fp32").resolved("cuda").precision == "fp32"
     with pytest.raises(ValueError):
         TrainSettings(precision="fp16")
@@ -78,7 +102,7 @@ def test_precision_resolves_by_device_and_keys_the_cache(mnist_train, tmp_path):
 
     first = get()
     assert first.origin == "trained" and first.config["train"]["precision"] == "fp32"
-    assert get(precision="fp32").origin == "cache"  # the default on a CPU is fp32: same model
+    assert get(precision="fp32").origin == "cache"  # auto resolved to fp32 here: same model
     bf16 = get(precision="bf16")  # autocast to bfloat16 on the CPU: another model
     assert bf16.origin == "trained" and bf16.key != first.key
     assert bf16.config["metrics"]["precision"] == "bf16"
@@ -141,7 +165,7 @@ def test_channels_last_context_restores_layouts():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3))
     net[1].weight.data = net[1].weight.data.contiguous(memory_format=torch.channels_last)
     before = [p.clone() for p in net.parameters()]
-    with loops.channels_last([net], enabled=True):
+    with precision_module.channels_last_weights([net], enabled=True):
         assert all(p.is_contiguous(memory_format=torch.channels_last)
                    for p in net.parameters() if p.dim() == 4)
     assert net[0].weight.is_contiguous()

@@ -282,6 +282,7 @@ class EOT(EvalWrapper):
                 out = checkpoint(self._chunk, x, r, use_reentrant=False, preserve_rng_state=True)
             else:
                 out = self._chunk(x, r)
+            out = out.float()  # bf16 logits under autocast: average the draws in fp32
             total = out if total is None else total + out
         return total / self.samples
 

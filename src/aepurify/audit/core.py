@@ -35,6 +35,7 @@ from ..evaluation.store import CLEAN, ResultStore, eps_key
 from ..evaluation.summary import summarize
 from ..evaluation.verdicts import rule_correct
 from ..purifiers import Purifier, create_purifier
+from ..precision import resolve_precision
 from ..utils import pick_device, seed_everything
 from ..version import code_version
 from .inputs import AuditInputs, prepare_inputs
@@ -52,7 +53,8 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
           x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf", eps: float,
           version: str = "standard", n_eval: int | None = None, out: str | Path | None = None,
           device: str = "auto", seed: int = 0, batch_size: int | None = None,
-          dataset: str = "audit", classes: Sequence[str] | None = None) -> AuditResult:
+          dataset: str = "audit", classes: Sequence[str] | None = None,
+          precision: str = "fp32") -> AuditResult:
     """Audit a purifier in front of a classifier: attack it under every threat model that
     applies, with the attacks of ``version``, and report robust accuracy honestly.
 
@@ -87,6 +89,11 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         batch_size: images per attack batch (default min(N, 500)).
         dataset: the ``dataset`` column of the rows.
         classes: class names (figures), index = label.
+        precision: arithmetic of the attack gradients (:mod:`aepurify.precision`): ``fp32``
+            (the default: a third-party module may not run under autocast, or may reshape
+            channels-last input with ``view``), ``auto`` or ``bf16`` (bf16 autocast and
+            channels-last input, 2 to 4 times faster for conv nets on a CPU with bf16 units or
+            a GPU). Verdicts run in fp32 either way.
 
     Returns:
         :class:`~aepurify.audit.AuditResult`.
@@ -96,18 +103,19 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
             [0, K).
         ConfigError: a classifier returning probabilities or not (N, K) logits; a purifier that
             changes the shape or returns values outside [0, 1]; a bad norm, eps, version,
-            n_eval or batch size.
+            n_eval, batch size or precision.
         OutputLockedError: another run writes to ``out``.
     """
     norm, eps, version = _check_options(norm, eps, version, n_eval, batch_size)
     dev = pick_device(device)
+    resolved = resolve_precision(precision, dev)
     context = output_lock(out) if out is not None else _temporary_folder()
     with context as lock_or_tmp:
         folder = Path(out) if out is not None else Path(lock_or_tmp)
         inputs = prepare_inputs(classifier, purifier, x, y, dev, seed)
         return _run(inputs, folder, norm=norm, eps=eps, version=version, n_eval=n_eval,
                     seed=seed, batch_size=batch_size, dataset=dataset, classes=classes,
-                    keep=out is not None, device=dev)
+                    keep=out is not None, device=dev, precision=resolved)
 
 
 @contextlib.contextmanager
@@ -137,7 +145,8 @@ def _check_options(norm: str, eps: float, version: str, n_eval: int | None,
 
 def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: str,
          n_eval: int | None, seed: int, batch_size: int | None, dataset: str,
-         classes: Sequence[str] | None, keep: bool, device: torch.device) -> AuditResult:
+         classes: Sequence[str] | None, keep: bool, device: torch.device,
+         precision: str = "fp32") -> AuditResult:
     n = int(inputs.x.shape[0])
     stochastic = bool(inputs.purifier.stochastic)
     evals = (n_eval or default_n_eval(True)) if stochastic else 1
@@ -157,11 +166,11 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
             k = EOT_SAMPLES.get(version, inputs.purifier.default_eot_samples)
             plan_lines.append(f"eot: {k} draws per gradient ({version} version)")
     keys = DefenseKeys(dataset, seed, inputs.classifier_label, inputs.classifier_key,
-                       inputs.purifier_label, inputs.purifier_key, stochastic, evals)
+                       inputs.purifier_label, inputs.purifier_key, stochastic, evals, precision)
     reference = None
     if not inputs.undefended:
         reference = DefenseKeys(dataset, seed, inputs.classifier_label, inputs.classifier_key,
-                                CLEAN, "none")
+                                CLEAN, "none", precision=precision)
     plan = plan_cells(version, norm, eps, n, keys, inputs.purifier, gradient, reference)
     purifiers = {(inputs.classifier_label, inputs.purifier_label): inputs.purifier}
     if reference is not None:
@@ -169,10 +178,13 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
     names = list(classes) if classes is not None else \
         [str(i) for i in range(int(inputs.classifier.num_classes or 0))]
     work = Workload(inputs.x, inputs.y, names, {inputs.classifier_label: inputs.classifier},
-                    purifiers, device, batch_size or min(n, DEFAULT_BATCH), seed, plan.cells)
+                    purifiers, device, batch_size or min(n, DEFAULT_BATCH), seed, plan.cells,
+                    precision=precision)
+    inputs.purifier.set_precision(precision)
     seed_everything(seed)
     record = _record(inputs, dataset, version, norm, eps, n, evals, seed, device, plan_lines,
                      plan.skipped)
+    record["precision"] = precision
     with ResultStore(folder / "results.db") as store:
         failed = run_cells(work, store, errors_log=folder / "errors.log")
         rows = finished_rows(store, plan.cells)

@@ -39,22 +39,34 @@ def _records(ranks: Any, numerics: dict[str, Any]) -> bool:
 @train_app.command("classifier")
 def train_classifier(
     dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar10, cifar10-jpeg.")],
-    arch: Annotated[str, typer.Option(help="lenet, small-cnn, resnet18, vgg11.")],
+    arch: Annotated[str, typer.Option(
+        help="lenet, small-cnn, resnet18, vgg11, vgg16, airbench94, airbench95.")],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
-    epochs: int = 2, lr: float = 1e-3, batch_size: int = 128,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Epochs [default: the architecture's own (airbench), else 2].")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="Learning rate [default: the architecture's own, else 0.001].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size [default: the architecture's own, else 128].")] = None,
     max_images: Annotated[Optional[int], typer.Option(help="Train on the first N images.")] = None,
-    augment: bool = False, seed: int = 0, data_dir: DataDir = None, device: Device = "auto",
+    augment: Annotated[Optional[bool], typer.Option(
+        help="Random crop and flip [default: the architecture's own, else off].")] = None,
+    precision: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
+    seed: int = 0, data_dir: DataDir = None, device: Device = "auto",
 ) -> None:
     """Train a classifier and save it as model.safetensors + config.json."""
     from ..checkpoint import save_checkpoint
     from ..data import load_dataset
-    from ..models import create_classifier
+    from ..models import create_classifier, default_train
     from ..training import accuracy, fit_classifier
     from ..utils import pick_device, seed_everything, training_numerics
 
-    settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
-                         augment=augment, seed=seed)
+    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "augment": augment}
+    settings = _settings(**{"epochs": 2, "lr": 1e-3, "batch_size": 128, **default_train(arch),
+                            **{k: v for k, v in given.items() if v is not None},
+                            "max_images": max_images, "seed": seed, "precision": precision})
     dev = pick_device(device)
+    settings = settings.resolved(dev)
     test = load_dataset(dataset, "test", data_dir)
     train = load_dataset(dataset, "train", data_dir)
     with _training_ranks(dev) as ranks, training_numerics(dev) as numerics:
@@ -86,6 +98,7 @@ def train_purifier(
     extra: Annotated[Optional[list[str]], typer.Option(
         help="Purifier-specific training option key=value (repeatable; train.extra in a "
              "config), e.g. s2snet's stage2_epochs=1 or target=prediction.")] = None,
+    precision: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
     seed: int = 0, data_dir: DataDir = None, device: Device = "auto",
 ) -> None:
     """Train a purifier and save it as model.safetensors + config.json."""
@@ -96,8 +109,9 @@ def train_purifier(
     from ..utils import pick_device, seed_everything, training_numerics
 
     settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
-                         seed=seed, extra=_params(extra, "--extra"))
+                         seed=seed, extra=_params(extra, "--extra"), precision=precision)
     dev = pick_device(device)
+    settings = settings.resolved(dev)
     cls = purifier_class(name)
     if not cls.trainable:
         raise ConfigError(f"purifier {name!r} has nothing to train; use it directly")

@@ -105,6 +105,8 @@ class DefenseKeys:
         stochastic: the purifier is random: its rows are judged by N-evaluation, and
             ``n_eval`` enters their hashes (a deterministic purifier's hashes do not change).
         n_eval: evaluations of every example of a random purifier (1 for a deterministic one).
+        precision: the resolved precision of attack gradients and inner optimisations
+            (:mod:`aepurify.precision`); ``bf16`` enters the hashes (fp32 rows keep theirs).
     """
 
     dataset: str
@@ -115,6 +117,7 @@ class DefenseKeys:
     purifier_key: str
     stochastic: bool = False
     n_eval: int = 1
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.n_eval < 1 or (self.n_eval > 1 and not self.stochastic):
@@ -126,6 +129,8 @@ class DefenseKeys:
                   "classifier": self.classifier_key, "n": n, "purifier": self.purifier_key}
         if self.stochastic:
             common["n_eval"] = self.n_eval
+        if self.precision != "fp32":
+            common["precision"] = self.precision
         return common
 
     def clean_cell(self, n: int) -> Cell:

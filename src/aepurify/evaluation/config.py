@@ -106,6 +106,11 @@ class ExperimentConfig(_Strict):
         n_test: evaluate on the first n_test test images.
         batch_size: images per attack batch.
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        precision: arithmetic of attack gradients and of purifiers' inner optimisations
+            (APuDAE's refinement): ``auto`` (bf16 autocast with channels-last on CUDA and on
+            CPUs with bf16 units, fp32 elsewhere), ``bf16`` or ``fp32``. Verdicts (the forward
+            passes that decide whether an example is correct) always run in fp32; training has
+            its own ``train.precision`` (default ``auto`` too). See :mod:`aepurify.precision`.
         classifiers: the classifiers under defense (``classifier:`` with one entry is
             shorthand); each gets the whole grid, and purifiers trained against the classifier
             are trained once per classifier.
@@ -129,6 +134,7 @@ class ExperimentConfig(_Strict):
     n_test: int = Field(1000, ge=1)
     batch_size: int = Field(500, ge=1)
     device: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     classifiers: list[ClassifierEntry] = Field(min_length=1)
     transfer_source: ClassifierEntry | None = None
     purifiers: list[PurifierEntry] = Field(default_factory=list)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..data import ImageDataset, dataset_spec, load_dataset
+from ..precision import resolve_precision
 from ..purifiers import Purifier, create_purifier, purifier_class
 from ..training import Trained, get_classifier, get_purifier
 from ..training.entry_models import get_entry_classifier, get_entry_purifier
@@ -134,12 +135,15 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
                 purifiers[(clf_label, p.row_label)] = purifiers[(first, p.row_label)]
                 continue
             purifiers[(clf_label, p.row_label)] = _get_purifier(p, config, clf, x, pur_args)
-    plan = plan_grid(config, classifiers, purifiers, source, len(test))
+    precision = resolve_precision(config.precision, dev)
+    for t in purifiers.values():
+        t.module.set_precision(precision)  # inner optimisations (APuDAE's refinement)
+    plan = plan_grid(config, classifiers, purifiers, source, len(test), precision)
     workload = Workload(
         x, y, list(test.classes), {label: t.module for label, t in classifiers.items()},
         {key: t.module for key, t in purifiers.items()},  # type: ignore[misc]
         dev, config.batch_size, config.seed, plan.cells,
-        source.module if source is not None else None)
+        source.module if source is not None else None, precision)
     return Experiment(config, Path(out_dir), dev, test, train, classifiers, source, purifiers,
                       workload, plan.skipped)
 
@@ -169,6 +173,7 @@ def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         "command": " ".join(argv if argv is not None else sys.argv),
         "python": platform.python_version(), "torch": torch.__version__,
         "device": str(exp.device), "platform": platform.platform(),
+        "precision": exp.workload.precision,
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "dataset_note": spec.note,

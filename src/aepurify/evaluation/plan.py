@@ -68,7 +68,7 @@ def n_eval_of(purifier: Purifier, *settings: int | None) -> int:
 
 def plan_grid(config: ExperimentConfig, classifiers: dict[str, Trained],
               purifiers: dict[tuple[str, str], Trained], source: Trained | None,
-              n_test: int) -> Plan:
+              n_test: int, precision: str = "fp32") -> Plan:
     """The cells of ``config``'s grid, in run order, and the combinations skipped.
 
     Args:
@@ -77,6 +77,7 @@ def plan_grid(config: ExperimentConfig, classifiers: dict[str, Trained],
         purifiers: (classifier label, purifier label) -> ready purifier (``none``: undefended).
         source: the transfer source classifier, if any.
         n_test: test images available; attacks with their own ``n_test`` use fewer.
+        precision: the resolved precision of attack gradients (part of every row's hash).
 
     Raises:
         ConfigError: two cells would share a row key.
@@ -89,7 +90,8 @@ def plan_grid(config: ExperimentConfig, classifiers: dict[str, Trained],
         entry = entries.get(label)
         keys = DefenseKeys(config.dataset, config.seed, clf_label, classifiers[clf_label].key,
                            label, trained.key, bool(purifier.stochastic),
-                           n_eval_of(purifier, entry.n_eval if entry else None, config.n_eval))
+                           n_eval_of(purifier, entry.n_eval if entry else None, config.n_eval),
+                           precision)
         plan.cells.append(keys.clean_cell(n_test))
         samples = entry.eot_samples if entry and entry.eot_samples else config.eot_samples
         for index, attack in enumerate(attacks):

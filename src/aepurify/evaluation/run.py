@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attacks import Attack, attack_module, build_attack
+from ..attacks import Attack, attack_module, build_attack, gradient_free
 from ..checks import validated
+from ..precision import autocast, channels_last_weights, with_precision
 from ..purifiers import DefendedClassifier, Purifier
 from ..utils import batches, derive_seed, progress, seed_everything
 from .cells import Cell
@@ -53,6 +54,8 @@ class Workload:
         seed: base seed; every row derives its own from it and its key.
         cells: the planned cells, in run order.
         source: the classifier transfer attacks craft on, if any.
+        precision: the resolved precision (``bf16`` or ``fp32``) of attack gradients; verdicts
+            run in fp32 (:mod:`aepurify.precision`).
     """
 
     x: torch.Tensor
@@ -65,6 +68,7 @@ class Workload:
     seed: int
     cells: list[Cell] = field(default_factory=list)
     source: nn.Module | None = None
+    precision: str = "fp32"
 
     def defended(self, classifier: str, purifier: str) -> DefendedClassifier:
         """The defended classifier ``classifier(purifier(x))`` of two labels, in eval mode."""
@@ -245,11 +249,19 @@ def craft_cell(work: Workload, cell: Cell, defended: DefendedClassifier, x: torc
     attack, tm = cell.attack, cell.threat_model
     assert attack is not None and tm is not None
     start = time.perf_counter()
+    # Attack gradients in the workload's precision (bf16 where the hardware runs it fast): the
+    # module the attack differentiates runs under autocast and returns fp32 logits, so the
+    # attack's own arithmetic stays fp32; an adaptive attack (the project's own code) runs whole
+    # under autocast. The verdict (_classify) runs outside, in fp32.
+    # A gradient-free attack (Square) decides by its queries' outputs alone, like a verdict:
+    # those stay fp32.
+    arithmetic = "fp32" if gradient_free(attack.name) else work.precision
+    precision = autocast(arithmetic if tm.base == "adaptive" else "fp32", work.device)
     if tm.base == "adaptive":
         adaptive = getattr(defended.purifier, "adaptive_attack")
         atk = adaptive(attack.name, defended, cell.eps, attack.norm, **attack.params)
     else:
-        module = attack_module(tm, defended, work.source)
+        module = with_precision(attack_module(tm, defended, work.source), arithmetic)
         atk = build_attack(attack.name, module, cell.eps, attack.norm, attack.params)
     owner = cell.craft_owner
     advs = []
@@ -258,5 +270,10 @@ def craft_cell(work: Workload, cell: Cell, defended: DefendedClassifier, x: torc
                                     attack.norm, eps_key(cell.eps), r))
         who = "" if cell.shared else f" {cell.purifier}"
         desc = f"{attack.label} {attack.norm} eps={cell.eps:.4g} {tm.name}{who}"
-        advs.append(craft(atk, x, y, batch_size=work.batch_size, desc=desc))
+        # under bf16 the weights are channels-last while crafting (inputs repeated for EOT
+        # lose the layout the attack module gives them), NCHW again for the verdict
+        models = [defended.classifier, defended.purifier, work.source]
+        with precision, channels_last_weights([m for m in models if m is not None],
+                                              arithmetic == "bf16"):
+            advs.append(craft(atk, x, y, batch_size=work.batch_size, desc=desc))
     return advs, time.perf_counter() - start

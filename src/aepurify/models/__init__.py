@@ -14,6 +14,7 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError
 from ..registry import Registry
+from .airbench import AirBench, AirBench94, AirBench95
 from .base import Classifier
 from .efficientnet import EfficientNetLite0
 from .lenet import LeNet
@@ -23,7 +24,8 @@ from .vgg import VGG11, VGG16
 from .wrapped import WrappedClassifier, as_classifier, check_labels, check_logits
 
 __all__ = ["CLASSIFIERS", "Classifier", "create_classifier", "load_classifier",
-           "LeNet", "SmallCNN", "ResNet18", "VGG11", "VGG16", "EfficientNetLite0",
+           "LeNet", "SmallCNN", "ResNet18", "VGG11", "VGG16", "EfficientNetLite0", "AirBench",
+           "AirBench94", "AirBench95", "default_train",
            "is_pretrained", "WrappedClassifier", "as_classifier", "check_labels", "check_logits"]
 
 CLASSIFIERS: Registry[Classifier] = Registry("classifier")
@@ -33,6 +35,14 @@ CLASSIFIERS.register("resnet18")(ResNet18)
 CLASSIFIERS.register("vgg11")(VGG11)
 CLASSIFIERS.register("vgg16")(VGG16)
 CLASSIFIERS.register("efficientnet-lite0")(EfficientNetLite0)
+CLASSIFIERS.register("airbench94")(AirBench94)
+CLASSIFIERS.register("airbench95")(AirBench95)
+
+
+def default_train(arch: str) -> dict[str, Any]:
+    """Training settings that architecture ``arch`` brings for what a config leaves out
+    (``default_train`` on its class; airbench's recipe settings), or {}."""
+    return dict(getattr(CLASSIFIERS.get(arch), "default_train", {}))
 
 
 def is_pretrained(arch: str) -> bool:
@@ -45,8 +55,8 @@ def create_classifier(arch: str, dataset: str | None = None, **params: Any) -> C
     """Build an untrained classifier by name.
 
     Args:
-        arch: ``lenet``, ``small-cnn``, ``resnet18``, ``vgg11``, ``vgg16`` or
-            ``efficientnet-lite0`` (pretrained: built with its weights).
+        arch: ``lenet``, ``small-cnn``, ``resnet18``, ``vgg11``, ``vgg16``, ``airbench94``,
+            ``airbench95`` or ``efficientnet-lite0`` (pretrained: built with its weights).
         dataset: if given, fills in channels, image size, class count and normalisation
             statistics from the data set; explicit ``params`` win. A pretrained classifier keeps
             its own normalisation and is checked against the data set's channels and classes.

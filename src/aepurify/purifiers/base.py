@@ -125,6 +125,13 @@ class Purifier(Configurable, nn.Module):
         """Differentiable approximation of :meth:`forward` for BPDA (identity by default)."""
         return x
 
+    def set_precision(self, precision: str) -> Purifier:
+        """Set the precision (``bf16`` or ``fp32``, resolved: :mod:`aepurify.precision`) of the
+        purifier's own inner optimisation at inference time (APuDAE's refinement steps), which
+        is not the verdict's forward pass; the default purifier has none and ignores it.
+        Returns self."""
+        return self
+
     def training_loss(self, x: torch.Tensor, y: torch.Tensor,
                       classifier: nn.Module | None = None) -> torch.Tensor:
         """Scalar loss for one batch of clean images ``x`` (N, C, H, W) in [0, 1] and labels

@@ -22,13 +22,13 @@ from torch import nn
 from ..checkpoint import save_checkpoint
 from ..data import ImageDataset, cache_root, load_training_data
 from ..errors import CheckpointError
-from ..models import Classifier, create_classifier, is_pretrained, load_classifier
+from ..models import Classifier, create_classifier, default_train, is_pretrained, load_classifier
 from ..purifiers import Purifier, create_purifier, load_purifier, purifier_class
 from ..utils import (TRAIN_THREADS, preserved_rng, seed_everything, stable_hash, train_threads,
                      training_numerics)
 from .data_parallel import active_data_parallel, checkpoint_written, writes_checkpoints
 from .loops import accuracy, fit_classifier
-from .settings import TrainSettings
+from .settings import TrainSettings, with_defaults
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,10 @@ def get_classifier(arch: str, dataset: str, *, params: dict[str, Any] | None = N
             trained on another data set.
     """
     params = dict(params or {})
-    # keyed on what training computes on this device (bf16 on CUDA, fp32 on a CPU by default)
-    settings = (settings or TrainSettings()).resolved(device)
+    # the architecture's own settings where the config gives none (airbench's recipe), keyed
+    # on what training computes on this device (precision auto: bf16 on CUDA and on CPUs with
+    # bf16 units, fp32 elsewhere)
+    settings = with_defaults(settings, default_train(arch)).resolved(device)
     if checkpoint is not None:
         module, config = load_classifier(checkpoint, arch, map_location=device)
         if config.get("dataset") not in (None, dataset):
@@ -253,7 +255,8 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
         ConfigError: unknown purifier or parameter.
     """
     params = dict(params or {})
-    # keyed on what training computes on this device (bf16 on CUDA, fp32 on a CPU by default)
+    # keyed on what training computes on this device (precision auto: bf16 on CUDA and on CPUs
+    # with bf16 units, fp32 elsewhere)
     settings = (settings or TrainSettings()).resolved(device)
     cls = purifier_class(name)
     if checkpoint is not None:

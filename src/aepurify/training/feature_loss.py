@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from ..data import ImageDataset
 from ..errors import ConfigError
+from ..precision import with_precision
 from .loops import frozen
 from .pairs import PairOptions, PairPlan
 from .settings import TrainSettings
@@ -246,7 +247,9 @@ def fit_feature_loss_dae(purifier: Any, train: ImageDataset, settings: TrainSett
         if cached:
             # Clean and adversarial halves side by side as channels, so that augmentation
             # (random crop and flip) moves both halves of a pair alike.
-            images = torch.cat([data.images, plan.cache(data, pair_net, device)], dim=1)
+            # crafted with attack gradients in the training's precision (bf16 where fast)
+            crafter = with_precision(pair_net, settings.resolved(device).precision)
+            images = torch.cat([data.images, plan.cache(data, crafter, device)], dim=1)
         pair_seconds = round(time.perf_counter() - start, 2)
         # Labels carry each image's position, which selects its source and true label.
         indexed = ImageDataset(data.name, data.split, images, torch.arange(len(data)),

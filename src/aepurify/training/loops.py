@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from torch.nn import functional as F
 
 from ..checks import inputs_validated
 from ..data import ImageDataset
+from ..precision import autocast, channels_last_weights, fast_layout
 from ..utils import batches, progress, progress_bar
 from .augment import CropFlipParams, crop_flip, draw_crop_flip
 from .data_parallel import active_data_parallel
@@ -68,27 +70,35 @@ def _accelerator_flags(device: torch.device, precision: str) -> Iterator[None]:
         cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
-@contextmanager
-def channels_last(modules: Iterable[nn.Module], enabled: bool) -> Iterator[None]:
-    """4-D parameters of ``modules`` in channels-last layout inside the block (faster
-    convolutions on tensor cores), each restored to its own layout afterwards, so attacks later
-    see the gradients' usual NCHW layout. Values are untouched."""
-    params = [p for m in modules for p in m.parameters() if p.dim() == 4] if enabled else []
-    was_nchw = [p.is_contiguous() for p in params]
-    for p in params:
-        p.data = p.data.contiguous(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        for p, nchw in zip(params, was_nchw):
-            if nchw:
-                p.data = p.data.contiguous()
+@dataclass
+class LoopHooks:
+    """What a training recipe (:mod:`aepurify.training.airbench`) changes in
+    :func:`run_minibatches`; the defaults are the plain loop's.
+
+    Attributes:
+        optimizer: used instead of :func:`make_optimizer` (parameter groups of their own).
+        lr_factors: (steps + 1,) multipliers of every group's learning rate per step, or
+            (groups, steps + 1) one row per parameter group (``LambdaLR``), instead of
+            ``settings.schedule``.
+        after_step: called with the number of steps done after each optimiser step.
+        padding: pixels of reflect padding of the random-crop augmentation (a translation of
+            up to that many pixels).
+        alternate_flips: flip each image at random in the first epoch, then the opposite way
+            of the epoch before (airbench's alternating flip: every image seen both ways in
+            any two epochs), instead of a fresh coin per epoch.
+    """
+
+    optimizer: torch.optim.Optimizer | None = None
+    lr_factors: torch.Tensor | None = None
+    after_step: Callable[[int], None] | None = None
+    padding: int = AUGMENT_PADDING
+    alternate_flips: bool = False
 
 
 def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Tensor],
                     torch.Tensor], train: ImageDataset, settings: TrainSettings, desc: str,
-                    device: torch.device | str = "cpu", modules: Iterable[nn.Module] = ()
-                    ) -> dict[str, Any]:
+                    device: torch.device | str = "cpu", modules: Iterable[nn.Module] = (),
+                    hooks: LoopHooks | None = None) -> dict[str, Any]:
     """Minimise ``loss_fn(x, y)`` over minibatches of ``train``.
 
     Inside :func:`aepurify.training.data_parallel.data_parallel` (torchrun) every rank trains
@@ -100,8 +110,10 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
     (:data:`RESIDENT_SHARE` of free memory), augmentation runs there
     (:mod:`aepurify.training.augment`), the loss runs under bf16 autocast
     (``settings.precision``), activations and weights are channels-last, cuDNN autotunes, and the
-    loss is read back to the host every :data:`LOSS_READ_EVERY` steps only. On a CPU the same
-    code computes what it always did, except the augmentation draws (see the augment module).
+    loss is read back to the host every :data:`LOSS_READ_EVERY` steps only. On a CPU with bf16
+    units (``precision: auto`` resolves to ``bf16`` there, :mod:`aepurify.precision`) the loss
+    runs under bf16 autocast with channels-last weights and activations too; in fp32 a CPU
+    computes what it always did.
     Inputs are decoded uint8 data, so the models skip their per-call range check
     (:func:`aepurify.checks.inputs_validated`).
 
@@ -113,8 +125,9 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
             compile.
         desc: progress-bar label.
         device: where to train.
-        modules: modules to put in train mode while training (eval mode afterwards); on CUDA
-            their weights are channels-last while training.
+        modules: modules to put in train mode while training (eval mode afterwards); their
+            weights are channels-last while training under bf16 or on CUDA.
+        hooks: a recipe's optimiser, schedule, callbacks and augmentation (default: none).
 
     Returns:
         ``{"final_loss", "smoothed_loss", "steps", "seconds", "images", "precision"}``.
@@ -128,10 +141,18 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
     modules = list(modules)
     params = [p for p in params if p.requires_grad]
     accelerated = device.type == "cuda"
+    fast = fast_layout(settings.precision, device)  # channels-last weights and activations
     dp = active_data_parallel()
-    opt = make_optimizer(params, settings, fused=accelerated)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
-             if settings.schedule == "cosine" else None)
+    hooks = hooks or LoopHooks()
+    opt = hooks.optimizer or make_optimizer(params, settings, fused=accelerated)
+    if hooks.lr_factors is not None:
+        rows = hooks.lr_factors.view(-1, hooks.lr_factors.shape[-1]).expand(
+            len(opt.param_groups), -1).tolist()
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, [lambda i, row=row: row[min(i, len(row) - 1)] for row in rows])
+    else:
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
+                 if settings.schedule == "cosine" else None)
     images, labels = data.images, data.labels
     resident = _resident(images, device)  # free memory differs by GPU: all ranks must agree
     if dp is not None:
@@ -143,26 +164,29 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
     gen = torch.Generator().manual_seed(settings.seed)  # batch order, on the CPU as always
     aug_gen = torch.Generator(device=images.device).manual_seed(settings.seed)
     step_fn = torch.compile(loss_fn) if settings.compile else loss_fn
+    base_flips = (torch.rand(n, generator=aug_gen, device=images.device) < 0.5
+                  if settings.augment and hooks.alternate_flips else None)
+    done = 0
     weight = 1.0
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=settings.precision == "bf16")
     for m in modules:
         m.train()
     start = time.perf_counter()
     last = ema = None
     bar = progress_bar(desc, total=total, unit="step")
     with inputs_validated(), _accelerator_flags(device, settings.precision), \
-            channels_last(modules, accelerated):
+            channels_last_weights(modules, fast):
         if dp is not None:  # after the layout change: DDP's gradient buckets follow it
             step_fn = dp.wrap(params, step_fn, device)
-        for _ in range(settings.epochs):
+        for epoch in range(settings.epochs):
             order = torch.randperm(n, generator=gen).to(images.device)
             for step, sl in enumerate(batches(n, settings.batch_size)):
                 idx = order[sl]
                 # drawn for the whole batch on every rank, so a rank's part gets the draws a
                 # single process gives those images
-                draw = (draw_crop_flip(len(idx), AUGMENT_PADDING, aug_gen, images.device)
+                draw = (draw_crop_flip(len(idx), hooks.padding, aug_gen, images.device)
                         if settings.augment else None)
+                if draw is not None and base_flips is not None:
+                    draw = CropFlipParams(draw.offsets, base_flips[idx] ^ bool(epoch % 2))
                 if dp is not None:
                     part, weight = dp.share(len(idx))
                     idx = idx[part]
@@ -170,18 +194,21 @@ def run_minibatches(params: Iterable[nn.Parameter], loss_fn: Callable[[torch.Ten
                         draw = CropFlipParams(draw.offsets[part], draw.flips[part])
                 x, y = images[idx], labels[idx]
                 if draw is not None:
-                    x = crop_flip(x, draw, AUGMENT_PADDING)
+                    x = crop_flip(x, draw, hooks.padding)
                 x = x.to(device, non_blocking=True)
-                x = (x.contiguous(memory_format=torch.channels_last) if accelerated
+                x = (x.contiguous(memory_format=torch.channels_last) if fast
                      else x.contiguous()).float().div_(255.0)
                 y = y.to(device, non_blocking=True)
-                with autocast:
+                with autocast(settings.precision, device):
                     loss = step_fn(x, y) * weight if dp is not None else step_fn(x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if sched is not None:
                     sched.step()
+                done += 1
+                if hooks.after_step is not None:
+                    hooks.after_step(done)
                 last = loss.detach()
                 # the smoothed loss stays on the device: no host sync per step
                 ema = last.double() if ema is None else ema.mul_(0.95).add_(last, alpha=0.05)
@@ -217,7 +244,12 @@ def accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 500,
 
 def fit_classifier(model: nn.Module, train: ImageDataset, settings: TrainSettings,
                    device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Train a classifier with cross-entropy. Returns training metrics."""
+    """Train a classifier with cross-entropy, or with its own recipe where its class names one
+    (``recipe = "airbench"``: :mod:`aepurify.training.airbench`). Returns training metrics."""
+    if getattr(model, "recipe", "standard") == "airbench":
+        from .airbench import fit_airbench  # the recipe builds on this module
+
+        return fit_airbench(model, train, settings, device)
     model.to(device)
     return run_minibatches(model.parameters(), lambda x, y: F.cross_entropy(model(x), y), train,
                            settings, desc=f"train {type(model).__name__}", device=device,
@@ -251,9 +283,9 @@ def fit_purifier(purifier: nn.Module, train: ImageDataset, settings: TrainSettin
     purifier.to(device)
     if classifier is not None:
         classifier.to(device)
-    accelerated = torch.device(device).type == "cuda"
-    with frozen(classifier), channels_last([classifier] if classifier is not None else [],
-                                           accelerated):
+    fast = fast_layout(settings.resolved(device).precision, device)
+    with frozen(classifier), channels_last_weights([classifier] if classifier is not None else [],
+                                                   fast):
         return run_minibatches(
             purifier.parameters(),
             lambda x, y: purifier.training_loss(x, y, classifier), train, settings,

@@ -8,15 +8,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import CropOptions, ImageFolderOptions
+from ..precision import resolve_precision
 
 TrainingSource = Annotated[CropOptions | ImageFolderOptions, Field(discriminator="kind")]
-
-PRECISIONS = ("bf16", "fp32")
-
-
-def default_precision(device: torch.device | str) -> str:
-    """``bf16`` on CUDA (autocast), ``fp32`` elsewhere (CPUs without bf16 units gain nothing)."""
-    return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
 class TrainSettings(BaseModel):
@@ -32,9 +26,11 @@ class TrainSettings(BaseModel):
         max_images: use only the first N training images (the quick settings of the demo).
         augment: random crop (4 px reflect padding) and horizontal flip, for CIFAR-10.
         seed: seeds weight initialisation, batch order and augmentation.
-        precision: ``bf16`` (autocast to bfloat16; parameters, optimiser and loss stay float32)
-            or ``fp32`` (TF32 matrix units allowed on CUDA); None: ``bf16`` on CUDA, ``fp32``
-            elsewhere (:func:`default_precision`). The model cache keys on the resolved value.
+        precision: ``bf16`` (autocast to bfloat16 and channels-last; parameters, optimiser,
+            BatchNorm statistics and loss stay float32), ``fp32`` (TF32 matrix units allowed on
+            CUDA), or ``auto`` / None: ``bf16`` on CUDA and on CPUs with bf16 units (AMX or
+            AVX512-BF16), ``fp32`` elsewhere (:func:`aepurify.precision.resolve_precision`).
+            The model cache keys on the resolved value.
         compile: run the loss through ``torch.compile`` (off by default: compiling costs tens of
             seconds up front and needs a C++ compiler on a CPU).
         extra: purifier-specific options (for example stage lengths of a two-stage scheme).
@@ -56,7 +52,7 @@ class TrainSettings(BaseModel):
     max_images: int | None = Field(None, ge=1)
     augment: bool = False
     seed: int = 0
-    precision: Literal["bf16", "fp32"] | None = None
+    precision: Literal["auto", "bf16", "fp32"] | None = None
     compile: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
     data: str | TrainingSource | None = None
@@ -64,6 +60,19 @@ class TrainSettings(BaseModel):
     def resolved(self, device: torch.device | str) -> TrainSettings:
         """These settings with ``precision`` filled in for ``device`` (what training on it
         computes, so what the model cache must key on)."""
-        if self.precision is not None:
+        if self.precision in ("bf16", "fp32"):
             return self
-        return self.model_copy(update={"precision": default_precision(device)})
+        return self.model_copy(update={"precision": resolve_precision(self.precision, device)})
+
+
+def with_defaults(settings: TrainSettings | None, defaults: dict[str, Any]) -> TrainSettings:
+    """``settings`` with ``defaults`` (an architecture's own training settings, e.g. airbench's
+    recipe) filled in for the fields it was not given; explicit values win.
+
+    Raises:
+        pydantic.ValidationError: a default that is not a valid setting.
+    """
+    if not defaults:
+        return settings if settings is not None else TrainSettings()
+    given = settings.model_dump(exclude_unset=True) if settings is not None else {}
+    return TrainSettings(**{**defaults, **given})
