@@ -138,6 +138,7 @@ def test_architecture_defaults_fill_what_a_config_leaves_out():
     given = TrainSettings(epochs=3)
     merged = with_defaults(given, default_train("airbench95"))
     assert (merged.epochs, merged.lr, merged.batch_size) == (3, 10.0, 1024)
+    assert with_defaults(None, default_train("airbench95")).epochs == 18
     assert with_defaults(given, default_train("lenet")) is given
 
 

@@ -2,7 +2,8 @@
 
 from .cache import Trained, get_classifier, get_purifier, model_cache_dir
 from .data_parallel import DataParallel, active_data_parallel, data_parallel
-from .loops import accuracy, fit_classifier, fit_purifier, run_minibatches
+from .loops import accuracy, fit_purifier, run_minibatches
+from .recipes import fit_classifier
 from .settings import TrainSettings
 
 __all__ = ["TrainSettings", "Trained", "get_classifier", "get_purifier", "model_cache_dir",

@@ -4,9 +4,10 @@ which the clean reconstruction error's mean and spread (mu, sigma) are then cali
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageDataset
@@ -14,15 +15,14 @@ from ..errors import ConfigError
 from .loops import run_minibatches
 from .settings import TrainSettings
 
-if TYPE_CHECKING:
-    from ..purifiers.apudae import APuDAE
-
 TRAIN_EXTRA = {"calibration_images"}
 
 
-def fit_apudae(purifier: APuDAE, train: ImageDataset, settings: TrainSettings,
+def fit_apudae(purifier: nn.Module, train: ImageDataset, settings: TrainSettings,
                device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Train the DAE on noisy images, then calibrate mu and sigma on held-out clean images.
+    """Train an APuDAE purifier's DAE on noisy images (its ``training_loss``), then calibrate
+    mu and sigma on held-out clean images (its ``calibrate``). Typed as a module: this package
+    does not import the purifiers (imports flow one way).
 
     The last ``settings.extra["calibration_images"]`` (default 2,000) images of the training
     split are held out: the DAE never sees them, and the test split is not touched.

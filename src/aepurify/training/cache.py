@@ -27,7 +27,8 @@ from ..purifiers import Purifier, create_purifier, load_purifier, purifier_class
 from ..utils import (TRAIN_THREADS, preserved_rng, seed_everything, stable_hash, train_threads,
                      training_numerics)
 from .data_parallel import active_data_parallel, checkpoint_written, writes_checkpoints
-from .loops import accuracy, fit_classifier
+from .loops import accuracy
+from .recipes import fit_classifier
 from .settings import TrainSettings, with_defaults
 
 log = logging.getLogger(__name__)

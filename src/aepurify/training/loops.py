@@ -242,14 +242,10 @@ def accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 500,
     return int(correct) / max(len(data), 1)
 
 
-def fit_classifier(model: nn.Module, train: ImageDataset, settings: TrainSettings,
-                   device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Train a classifier with cross-entropy, or with its own recipe where its class names one
-    (``recipe = "airbench"``: :mod:`aepurify.training.airbench`). Returns training metrics."""
-    if getattr(model, "recipe", "standard") == "airbench":
-        from .airbench import fit_airbench  # the recipe builds on this module
-
-        return fit_airbench(model, train, settings, device)
+def fit_standard(model: nn.Module, train: ImageDataset, settings: TrainSettings,
+                 device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Train a classifier with cross-entropy (the ``standard`` recipe). Returns training
+    metrics."""
     model.to(device)
     return run_minibatches(model.parameters(), lambda x, y: F.cross_entropy(model(x), y), train,
                            settings, desc=f"train {type(model).__name__}", device=device,
