@@ -53,7 +53,7 @@ from aepurify.training import TrainSettings, fit_classifier, run_minibatches
 from aepurify.utils import channels_last_input, pick_device
 
 SIZES = {
-    "cpu": {"train_images": 4096, "dae_images": 1024, "attack_images": 256,
+    "cpu": {"train_images": 4096, "dae_images": 1024, "attack_images": 512,
             "purify_images": 128},
     "cuda": {"train_images": 50_000, "dae_images": 10_000, "attack_images": 2000,
              "purify_images": 1000},
