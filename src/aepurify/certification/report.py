@@ -144,7 +144,7 @@ def markdown_lines(run: DefenseRun, rows: list[BracketRow], record: dict[str, An
               f"- wall time: certify {record['seconds'].get('certify', 0):.0f} s, attack "
               f"{record['seconds'].get('attack', 0):.0f} s in this process (0: read back from "
               "certify.db)",
-              f"- command: `{md_text(record['command'])}`" if record.get("command") else "",
+              f"- command: {md_text(record['command'])}" if record.get("command") else "",
               "", "Files: certify.csv (per image), attacked.csv (per image and radius), "
               "summary.csv (per radius), run.json (seed, settings, models)."]
     return lines
