@@ -1,9 +1,9 @@
 """Certification throughput: noise draws per second through denoiser + classifier in
 ``SmoothedClassifier.counts`` (seeded draws batched by pixel budget, clip, argmax, bincount)
 against the same forward in a plain loop, measured side by side in one run (goal: ratio >= 0.9).
-A bf16 row (autocast, channels-last; the plain loop only) shows what the reduced precision would
-buy and how many class counts it changes: counting passes are verdicts and stay float32 unless
-bf16 gives the same counts.
+A bf16 row (the project's fast path, aepurify.precision: autocast, channels-last; in the plain
+loop only) shows what the reduced precision would buy and how many class counts it changes:
+counting passes are verdicts and stay float32 unless bf16 gives the same counts.
 
     python benchmarks/certify_throughput.py [--draws 20000] [--repeats 3] [--threads 2]
 
@@ -23,20 +23,21 @@ import torch
 
 from aepurify.certification import SmoothedClassifier, noise_chunks, noise_generator
 from aepurify.models import CLASSIFIERS, create_classifier
-from aepurify.purifiers import create_purifier
+from aepurify.precision import channels_last_weights, with_precision
+from aepurify.purifiers import DefendedClassifier, create_purifier
 
 
 def plain_counts(classifier: torch.nn.Module, purifier: torch.nn.Module, x: torch.Tensor,
                  draws: int, per_call: int, sigma: float, bf16: bool = False) -> np.ndarray:
-    """The yardstick: the same draws' forward passes in a plain loop (global generator)."""
+    """The yardstick: the same draws' forward passes in a plain loop (global generator); with
+    ``bf16``, the project's fast path (aepurify.precision: autocast, channels-last)."""
     counts = torch.zeros(classifier.num_classes, dtype=torch.long)
-    layout = torch.channels_last if bf16 else torch.contiguous_format
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    net = with_precision(DefendedClassifier(classifier, purifier), "bf16" if bf16 else "fp32")
+    with torch.no_grad(), channels_last_weights([classifier, purifier], bf16):
         for start in range(0, draws, per_call):
             r = min(per_call, draws - start)
             noisy = (x + sigma * torch.randn(r, *x.shape)).clamp(0, 1)
-            logits = classifier(purifier(noisy.contiguous(memory_format=layout)))
-            counts += torch.bincount(logits.argmax(1), minlength=classifier.num_classes)
+            counts += torch.bincount(net(noisy).argmax(1), minlength=classifier.num_classes)
     return counts.numpy()
 
 

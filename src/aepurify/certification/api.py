@@ -122,7 +122,8 @@ def run_certification(classifier: nn.Module | Callable[[torch.Tensor], torch.Ten
            "device": str(device), "threads": torch.get_num_threads(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "pixel_budget": budget,
            "draws_per_call": draws_per_call(tuple(inputs.x.shape[1:]), budget),
-           "attack_backward": "bpda (surrogate)" if bpda else "exact", "keys": keys,
+           "attack_backward": "bpda (surrogate)" if bpda else "exact",
+           "attack_precision": settings.attack.arithmetic(device), "keys": keys,
            "seconds": run.seconds, **(record or {})}
     result = CertifyResult(run, rows, settings, rec)
     if keep:

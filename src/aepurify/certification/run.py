@@ -102,12 +102,14 @@ class DefenseRun:
         return None if rows is None else np.array([r["prediction"] for r in rows])
 
 
-def _specs(settings: CertifySettings, keys: dict[str, str], budget: int) -> tuple[str, str]:
+def _specs(settings: CertifySettings, keys: dict[str, str], budget: int,
+           device: torch.device) -> tuple[str, str]:
     """Hashes of what determines the certificates and the attacked verdicts."""
     base = {"keys": keys, "sigma": settings.sigma, "seed": settings.seed, "budget": budget}
     cert = stable_hash({**base, "n": settings.n, "n0": settings.n0, "alpha": settings.alpha})
     attack = stable_hash({**base, "attack": settings.attack.model_dump(), "alpha": settings.alpha,
-                          "predict_n": settings.predict_n})
+                          "predict_n": settings.predict_n,
+                          "arithmetic": settings.attack.arithmetic(device)})
     return cert, attack
 
 
@@ -133,7 +135,7 @@ def run_defense(smoothed: SmoothedClassifier, x: torch.Tensor, y: torch.Tensor,
                           f"{smoothed.sigma}")
     check_alpha(settings.alpha)
     budget = smoothed.pixel_budget(x.device)
-    cert_spec, attack_spec = _specs(settings, keys, budget)
+    cert_spec, attack_spec = _specs(settings, keys, budget, x.device)
     y_np = y.cpu().numpy()
     run = DefenseRun(labels[0], labels[1], y_np, [], bpda=bpda)
     start = time.perf_counter()

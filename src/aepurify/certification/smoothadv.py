@@ -13,7 +13,7 @@ Each adversarial example is then judged with PREDICT (Cohen et al.) on fresh dra
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from ..attacks.base import build_attack
 from ..attacks.threat_models import bpda_purify
+from ..precision import channels_last_weights, resolve_precision, with_precision
 from ..purifiers.base import EvalWrapper
 from ..purifiers.randomness import seeded_rng
 from ..utils import derive_seed
@@ -42,6 +43,9 @@ class SmoothAdvSettings(BaseModel):
             2.5 * eps / steps).
         random_start: start from a random point of the ball (torchattacks' PGDL2).
         predict_n: PREDICT's draws for each adversarial example (None: the certification's n).
+        precision: arithmetic of the attack's gradients (``auto``: bf16 autocast with
+            channels-last where the hardware runs it fast, :mod:`aepurify.precision`, as
+            ``evaluate``'s attacks); the counting passes that judge the examples stay float32.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -52,6 +56,11 @@ class SmoothAdvSettings(BaseModel):
     step_size: float | None = Field(None, gt=0)
     random_start: bool = False
     predict_n: int | None = Field(None, ge=1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+    def arithmetic(self, device: torch.device | str) -> str:
+        """The attack gradients' precision on ``device`` (``bf16`` or ``fp32``)."""
+        return resolve_precision(self.precision, device)
 
 
 class SmoothedSoftmax(EvalWrapper):
@@ -117,15 +126,20 @@ def smoothadv(smoothed: SmoothedClassifier, x: torch.Tensor, y: torch.Tensor, ep
         bpda: backward through the purifier's surrogate.
 
     Returns:
-        Adversarial images (N, C, H, W) in [0, 1], within eps of x in L2.
+        Adversarial images (N, C, H, W) in [0, 1], within eps of x in L2. The gradients run in
+        ``settings.precision`` (bf16 where fast); the weights are NCHW again afterwards.
     """
     gen = noise_generator(seed, f"attack-{eps:g}", first_index, x.device)
-    module = SmoothedSoftmax(smoothed, settings.noise_draws, gen, bpda=bpda)
+    arithmetic = settings.arithmetic(x.device)
+    module = with_precision(SmoothedSoftmax(smoothed, settings.noise_draws, gen, bpda=bpda),
+                            arithmetic)
     params: dict[str, Any] = {"steps": settings.steps, "random_start": settings.random_start}
     if settings.step_size is not None:
         params["alpha"] = settings.step_size
     attack = build_attack("pgd", module, eps=eps, norm="l2", params=params)
-    with seeded_rng(derive_seed(seed, "attack-start", f"{eps:g}", first_index), x.device):
+    models = [smoothed.classifier, smoothed.purifier]
+    with seeded_rng(derive_seed(seed, "attack-start", f"{eps:g}", first_index), x.device), \
+            channels_last_weights(models, arithmetic == "bf16"):
         return attack(x, y).detach()
 
 

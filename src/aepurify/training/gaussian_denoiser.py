@@ -32,7 +32,8 @@ from torch.nn import functional as F
 
 from ..data import ImageDataset
 from ..errors import ConfigError
-from .loops import channels_last, frozen, run_minibatches
+from ..precision import channels_last_weights, fast_layout
+from .loops import frozen, run_minibatches
 from .settings import TrainSettings
 
 OBJECTIVES = ("mse", "stability", "classification")
@@ -165,9 +166,9 @@ def fit_gaussian_denoiser(purifier: nn.Module, train: ImageDataset, settings: Tr
     sigma = float(denoiser.sigma)
     purifier.to(device)
     clf = classifier.to(device) if classifier is not None else None
-    accelerated = torch.device(device).type == "cuda"
+    fast = fast_layout(settings.resolved(device).precision, device)
     metrics: dict[str, Any] = {}
-    with frozen(clf), channels_last([clf] if clf is not None else [], accelerated):
+    with frozen(clf), channels_last_weights([clf] if clf is not None else [], fast):
         if denoiser.mse_epochs:
             warm = settings.model_copy(update={"epochs": denoiser.mse_epochs})
             metrics["mse_stage"] = run_minibatches(
