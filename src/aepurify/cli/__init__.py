@@ -8,6 +8,8 @@
     aepurify purify --purifier DIR_OR_NAME IMAGE... --out DIR
     aepurify audit --classifier MODULE:FACTORY --purifier NAME|DIR|MODULE:FACTORY --data mnist \\
         --eps 0.3 --out DIR
+    aepurify certify certify/mnist-sigma0.5 --out DIR     (certified beside attacked accuracy)
+    aepurify certify --classifier DIR --purifier DIR --data mnist --sigma 0.5 --out DIR
     aepurify list
     torchrun --nproc-per-node N -m aepurify evaluate|train ...   (several ranks: docs/scale.md)
 
@@ -21,7 +23,7 @@ import logging
 import sys
 
 from ..errors import AepurifyError, RankFailedError
-from . import audit, evaluate, purify, train  # noqa: F401  (register the commands)
+from . import audit, certify, evaluate, purify, train  # noqa: F401  (register the commands)
 from .app import _overrides, app, console  # noqa: F401  (_overrides: tests import it here)
 from .evaluate import _exit_on_failed_rows  # noqa: F401  (likewise)
 

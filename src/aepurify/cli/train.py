@@ -99,6 +99,13 @@ def train_purifier(
         help="Purifier-specific training option key=value (repeatable; train.extra in a "
              "config), e.g. s2snet's stage2_epochs=1 or target=prediction.")] = None,
     precision: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
+    denoiser_objective: Annotated[Optional[str], typer.Option(
+        help="Train it as a Gaussian denoiser for smoothing instead (Salman et al. 2020): mse, "
+             "stability or classification (the last two need --classifier).")] = None,
+    denoiser_sigma: Annotated[Optional[float], typer.Option(
+        help="The Gaussian denoiser's noise sigma, pixels in [0, 1].")] = None,
+    denoiser_mse_epochs: Annotated[int, typer.Option(
+        help="Epochs of MSE before the denoiser objective (Salman et al.'s warm start).")] = 0,
     seed: int = 0, data_dir: DataDir = None, device: Device = "auto",
 ) -> None:
     """Train a purifier and save it as model.safetensors + config.json."""
@@ -110,6 +117,7 @@ def train_purifier(
 
     settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
                          seed=seed, extra=_params(extra, "--extra"), precision=precision)
+    denoiser = _denoiser(denoiser_objective, denoiser_sigma, denoiser_mse_epochs)
     dev = pick_device(device)
     settings = settings.resolved(dev)
     cls = purifier_class(name)
@@ -118,13 +126,19 @@ def train_purifier(
     clf = None
     if classifier is not None:
         clf, _ = load_classifier(classifier, map_location=dev)
-    elif cls.needs_classifier:
+    elif cls.needs_classifier or (denoiser is not None and denoiser.needs_classifier):
         raise ConfigError(f"purifier {name!r} trains against a classifier: pass --classifier DIR")
     train = load_dataset(dataset, "train", data_dir)
     with _training_ranks(dev) as ranks, training_numerics(dev) as numerics:
         seed_everything(seed)
         purifier = create_purifier(name, dataset, **_params(param)).to(dev)
-        metrics = purifier.fit(train, settings, classifier=clf, device=dev)
+        if denoiser is not None:
+            from ..training.gaussian_denoiser import fit_gaussian_denoiser
+
+            metrics = fit_gaussian_denoiser(purifier, train, settings, denoiser, classifier=clf,
+                                            device=dev, name=name)
+        else:
+            metrics = purifier.fit(train, settings, classifier=clf, device=dev)
     if not _records(ranks, numerics):
         return
     save_checkpoint(purifier, out, kind="purifier", name=name, dataset=dataset,
@@ -132,3 +146,29 @@ def train_purifier(
                     classifier=str(classifier) if classifier else None, environment=numerics)
     console.print(f"{name} on {dataset}: final loss {metrics.get('final_loss', float('nan')):.5f}; "
                   f"saved to {out}")
+
+
+def _denoiser(objective: str | None, sigma: float | None, mse_epochs: int) -> Any:
+    """The Gaussian-denoiser settings of ``train purifier`` (None: the purifier's own recipe).
+
+    Raises:
+        ConfigError: a sigma or warm start without an objective, an objective without a sigma,
+            or a value out of range.
+    """
+    from pydantic import ValidationError
+
+    from ..training.gaussian_denoiser import GaussianDenoiser
+
+    if objective is None:
+        if sigma is not None or mse_epochs:
+            raise ConfigError("--denoiser-sigma and --denoiser-mse-epochs go with "
+                              "--denoiser-objective")
+        return None
+    if sigma is None:
+        raise ConfigError("--denoiser-objective needs --denoiser-sigma (the smoothing noise)")
+    try:
+        return GaussianDenoiser(objective=objective, sigma=sigma, mse_epochs=mse_epochs)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"--denoiser-{str(err['loc'][0]).replace('_', '-')}: "
+                          f"{err['msg']}") from None

@@ -15,7 +15,8 @@ from .config import ExperimentConfig
 from .config_checks import check_params, warn_large_linf
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
+    """The first problem pydantic found, as ``dotted.location: message`` on one line."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
     return f"{loc}: {err['msg'].removeprefix('Value error, ')}"  # our validators' own words
@@ -28,7 +29,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+        raise ConfigError(f"{source}: {first_error(exc)}") from None
     try:
         config.check_names()
         check_params(config)
@@ -92,19 +93,12 @@ def apply_override(data: dict[str, Any], path: str, value: Any) -> None:
         walked.append(part)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read and validate a YAML config.
-
-    Args:
-        path: the YAML file.
-        overrides: values to set before validation, by dotted path into the config
-            (``{"n_test": 200, "classifier.train.epochs": 1, "purifiers.0.train.epochs": 1}``;
-            see :func:`apply_override`), applied in order; ``aepurify evaluate --set`` and
-            ``--n-test`` come here.
+def read_config_data(path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+    """A YAML config file as parsed data, with ``overrides`` applied (see :func:`load_config`);
+    not yet validated.
 
     Raises:
-        ConfigError: missing file, unreadable YAML, a bad override path, invalid or unknown
-            entries (overridden ones included).
+        ConfigError: missing file, unreadable YAML, a bad override path.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,4 +113,21 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         data = _unshared(data)
         for key, value in overrides.items():
             apply_override(data, key, value)
-    return parse_config(data, source=str(path))
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read and validate a YAML config.
+
+    Args:
+        path: the YAML file.
+        overrides: values to set before validation, by dotted path into the config
+            (``{"n_test": 200, "classifier.train.epochs": 1, "purifiers.0.train.epochs": 1}``;
+            see :func:`apply_override`), applied in order; ``aepurify evaluate --set`` and
+            ``--n-test`` come here.
+
+    Raises:
+        ConfigError: missing file, unreadable YAML, a bad override path, invalid or unknown
+            entries (overridden ones included).
+    """
+    return parse_config(read_config_data(path, overrides), source=str(path))

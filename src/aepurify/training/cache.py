@@ -27,6 +27,7 @@ from ..purifiers import Purifier, create_purifier, load_purifier, purifier_class
 from ..utils import (TRAIN_THREADS, preserved_rng, seed_everything, stable_hash, train_threads,
                      training_numerics)
 from .data_parallel import active_data_parallel, checkpoint_written, writes_checkpoints
+from .gaussian_denoiser import GaussianDenoiser, check_denoiser_purifier, fit_gaussian_denoiser
 from .loops import accuracy
 from .recipes import fit_classifier
 from .settings import TrainSettings, with_defaults
@@ -235,7 +236,8 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
                  classifier: Trained | None = None,
                  train_data: Callable[[], ImageDataset] | None = None,
                  cache_dir: str | Path | None = None, device: torch.device | str = "cpu",
-                 data_dir: str | Path | None = None) -> Trained:
+                 data_dir: str | Path | None = None, denoiser: GaussianDenoiser | None = None
+                 ) -> Trained:
     """A ready purifier: untrained transforms are built directly; trainable ones come from
     ``checkpoint``, the cache, or are trained now (and cached).
 
@@ -250,10 +252,14 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
         train_data: returns the training split (called only if training is needed and
             ``settings.data`` names no other source).
         data_dir: data folder for a ``settings.data`` source.
+        denoiser: train the purifier as a Gaussian denoiser for smoothing instead of with its
+            own recipe (:mod:`aepurify.training.gaussian_denoiser`; ``sigma`` set); part of the
+            cache key, with the classifier's key when its objective reads the classifier.
 
     Raises:
         CheckpointError: bad checkpoint (see :func:`aepurify.purifiers.load_purifier`).
-        ConfigError: unknown purifier or parameter.
+        ConfigError: unknown purifier or parameter; a denoiser for a purifier that cannot be
+            trained as one.
     """
     params = dict(params or {})
     # keyed on what training computes on this device (precision auto: bf16 on CUDA and on CPUs
@@ -264,14 +270,19 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
         module, config = load_purifier(checkpoint, name, map_location=device)
         return Trained(module, config.get("cache_key") or stable_hash(config), "checkpoint",
                        Path(checkpoint), config)
-    if not cls.trainable:
+    if not cls.trainable and denoiser is None:
         module = create_purifier(name, dataset, **params).to(device).eval()
         return Trained(module, stable_hash({"name": name, "params": module.hparams}),
                        "untrained", None, {})
-    classifier_key = classifier.key if (cls.needs_classifier and classifier) else None
+    if denoiser is not None:  # what it cannot be is known from a built one: fail before training
+        with preserved_rng():
+            check_denoiser_purifier(create_purifier(name, dataset, **params), name)
+    reads = cls.needs_classifier or (denoiser is not None and denoiser.needs_classifier)
+    classifier_key = classifier.key if (reads and classifier) else None
+    extra_key = {"denoiser": denoiser.model_dump()} if denoiser is not None else {}
     key = stable_hash({"v": CACHE_VERSION, "kind": "purifier", "name": name, "params": params,
                        "dataset": dataset, "train": settings.model_dump(),
-                       "classifier": classifier_key, **_numerics_key(device)})
+                       "classifier": classifier_key, **_numerics_key(device), **extra_key})
     target = model_cache_dir(cache_dir) / f"purifier-{name}-{dataset}-{key}"
     cached = _from_cache(target, key, lambda p: load_purifier(p, name, map_location=device))
     if cached is not None:
@@ -287,8 +298,12 @@ def get_purifier(name: str, dataset: str, *, params: dict[str, Any] | None = Non
         train = _training_data(settings, train_data, data_dir)
         token = _TRAINING_CACHE_DIR.set(model_cache_dir(cache_dir))
         try:
-            metrics = module.fit(  # type: ignore[operator]
-                train, settings, classifier=clf, device=device)
+            if denoiser is not None:
+                metrics = fit_gaussian_denoiser(module, train, settings, denoiser,
+                                                classifier=clf, device=device, name=name)
+            else:
+                metrics = module.fit(  # type: ignore[operator]
+                    train, settings, classifier=clf, device=device)
         finally:
             _TRAINING_CACHE_DIR.reset(token)
         return {**metrics, "train_data": train.name}
