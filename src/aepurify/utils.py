@@ -222,10 +222,15 @@ def parse_eps(value: Any) -> float:
             out = float(Fraction(value.replace(" ", "")))
         except (ValueError, ZeroDivisionError):
             raise ValueError(f"cannot read epsilon {value!r}") from None
+        except OverflowError:  # "1e400": a valid fraction too large for a float
+            raise ValueError(f"epsilon must be a finite number; got {value!r}") from None
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"epsilon must be a number or a fraction such as 8/255; got {value!r}")
     else:
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:  # an integer past a float's range
+            raise ValueError(f"epsilon must be a finite number; got {value!r}") from None
     if not math.isfinite(out):
         raise ValueError(f"epsilon must be a finite number; got {value!r}")
     return out
