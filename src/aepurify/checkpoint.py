@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import AepurifyError, CheckpointError, ConfigError
 from .registry import Registry
-from .utils import preserved_rng
+from .utils import make_folder, preserved_rng
 from .version import code_version
 
 FORMAT = "aepurify-checkpoint"
@@ -84,8 +84,7 @@ def save_checkpoint(module: torch.nn.Module, directory: str | Path, *, kind: str
     Returns:
         The checkpoint directory.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_folder(directory, "checkpoint folder")
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "name": name,

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -201,6 +202,40 @@ def channels_last_input(x: torch.Tensor) -> torch.Tensor:
     cuDNN's) run faster, while the gradient with respect to ``x`` leaves in the caller's
     contiguous NCHW layout: attacks such as torchattacks' PGD-L2 call ``.view()`` on it."""
     return _NCHWGrad.apply(x).contiguous(memory_format=torch.channels_last)
+
+
+def check_folder_path(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a folder that exists or can be created: neither it nor a folder above it
+    is a file. Nothing is created.
+
+    Raises:
+        ConfigError: ``path`` or one of its parents is a file (one line naming it).
+    """
+    folder = Path(path)
+    for part in (folder, *folder.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                where = "is a file, not a folder" if part == folder else \
+                    f"lies below {part}, which is a file"
+                raise ConfigError(f"{what} {folder} {where}; pick another path")
+            break
+    return folder
+
+
+def make_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Create the folder ``path`` (and its parents) if needed, after
+    :func:`check_folder_path`.
+
+    Raises:
+        ConfigError: a file in the way, or the system refused (permissions), in one line.
+    """
+    folder = check_folder_path(path, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} {folder}: cannot create the folder "
+                          f"({exc.strerror or type(exc).__name__})") from None
+    return folder
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:

@@ -18,6 +18,7 @@ from ..evaluation.sanity import SanityResult
 from ..evaluation.store import ResultRow
 from ..evaluation.summary import SummaryRow
 from ..purifiers import PurifierProperties
+from ..utils import make_folder
 
 WIDTH = 80
 
@@ -110,9 +111,11 @@ class AuditResult:
 
     def save(self, directory: str | Path) -> Path:
         """Write results.csv, summary.csv, sanity.csv, the figures, report.md and report.html
-        (the files ``evaluate`` writes) into ``directory`` (created). Returns it."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        (the files ``evaluate`` writes) into ``directory`` (created). Returns it.
+
+        Raises:
+            ConfigError: ``directory`` is a file, lies below one, or cannot be created."""
+        out = make_folder(directory, "save():")
         write_report(out, self.rows, self.record, summary=self.summary,
                      sanity=self.sanity_results, analyses=[self._plan_section()])
         return out

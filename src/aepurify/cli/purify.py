@@ -60,17 +60,23 @@ def purify(
 
 def _purified_paths(images: list[Path], out: Path) -> list[Path]:
     """Where each purified image goes: its path relative to the inputs' common folder, under
-    ``out``, as PNG. Two inputs that would land on one file, or an output that would replace its
-    input, are refused before anything is read (InputError)."""
+    ``out``, as PNG. Two inputs that would land on one file, an output that would replace its
+    input (InputError), or a file where a folder of the outputs goes (ConfigError) are refused
+    before anything is read."""
     import os
 
     from ..errors import InputError
+    from ..utils import check_folder_path
 
     resolved = [p.resolve() for p in images]
     root = Path(os.path.commonpath([p.parent for p in resolved]))
     targets = [out / p.relative_to(root).with_suffix(".png") for p in resolved]
     seen: dict[Path, Path] = {}
+    check_folder_path(out)
     for src, src_abs, target in zip(images, resolved, targets, strict=True):
+        check_folder_path(target.parent)
+        if target.is_dir():
+            raise InputError(f"{target} is a folder; the purified {src} would be written there")
         key = target.resolve()
         if key == src_abs and src_abs.exists():
             raise InputError(f"purifying {src} into {out} would overwrite it; pick another --out")

@@ -59,8 +59,9 @@ def train_classifier(
     from ..data import load_dataset
     from ..models import create_classifier, default_train
     from ..training import accuracy, fit_classifier
-    from ..utils import pick_device, seed_everything, training_numerics
+    from ..utils import check_folder_path, pick_device, seed_everything, training_numerics
 
+    check_folder_path(out)  # before the training, not after it
     given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "augment": augment}
     settings = _settings(**{"epochs": 2, "lr": 1e-3, "batch_size": 128, **default_train(arch),
                             **{k: v for k, v in given.items() if v is not None},
@@ -113,8 +114,9 @@ def train_purifier(
     from ..data import load_dataset
     from ..models import load_classifier
     from ..purifiers import create_purifier, purifier_class
-    from ..utils import pick_device, seed_everything, training_numerics
+    from ..utils import check_folder_path, pick_device, seed_everything, training_numerics
 
+    check_folder_path(out)  # before the training, not after it
     settings = _settings(epochs=epochs, lr=lr, batch_size=batch_size, max_images=max_images,
                          seed=seed, extra=_params(extra, "--extra"), precision=precision)
     denoiser = _denoiser(denoiser_objective, denoiser_sigma, denoiser_mse_epochs)

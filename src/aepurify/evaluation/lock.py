@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 from filelock import SoftFileLock, Timeout
 
-from ..errors import OutputLockedError
+from ..errors import ConfigError, OutputLockedError
+from ..utils import check_folder_path, make_folder
 
 LOCK_NAME = ".aepurify.lock"
 
@@ -38,11 +39,17 @@ def output_lock(out_dir: str | Path) -> Iterator[Path]:
 
     Raises:
         OutputLockedError: another live run holds it (the message names its pid and host).
+        ConfigError: ``out_dir`` is a file or lies below one; something other than a file
+            (a folder) sits where the lock file goes; the lock file cannot be written.
     """
-    out = Path(out_dir)
+    out = check_folder_path(out_dir)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     path = out / LOCK_NAME
+    if path.exists() and not path.is_file():
+        _remove_if_empty(out, created)
+        raise ConfigError(f"{path} is not a file: aepurify keeps its lock file there; remove it "
+                          "or pick another --out")
     lock = SoftFileLock(str(path), timeout=0)
     try:
         lock.acquire()
@@ -51,6 +58,10 @@ def output_lock(out_dir: str | Path) -> Iterator[Path]:
         raise OutputLockedError(f"another aepurify run ({_holder(path, lock)}) is writing to "
                                 f"{out}; wait for it to finish or pick another --out (if that "
                                 f"run is dead, delete {path})") from None
+    except OSError as exc:  # Timeout is an OSError too, so after it: permissions, read-only
+        _remove_if_empty(out, created)
+        raise ConfigError(f"cannot write the lock file {path}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
     try:
         yield path
     finally:
@@ -88,7 +99,7 @@ def _holder(path: Path, lock: SoftFileLock) -> str:
     """``pid 123 on host h`` from the lock file (its first two lines), as far as readable."""
     pid = lock.pid
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
         lines = []
     host = lines[1].strip() if len(lines) > 1 else ""
