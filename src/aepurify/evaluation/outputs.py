@@ -7,12 +7,15 @@ of a distributed run (after it merged the ranks' rows) finish the same way, thro
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..utils import stable_hash
 from .analyses import ANALYSES, AnalysisResult
+from .cells import Cell
 from .examples import example_figures
 from .experiment import Experiment
 from .report import write_report
@@ -78,6 +81,26 @@ def write_record(out: Path, record: dict[str, Any], status: str) -> None:
     """``run.json``: the run record with its status (running, finished, ...)."""
     (out / "run.json").write_text(json.dumps({**record, "status": status}, indent=2,
                                              default=str) + "\n")
+
+
+def pending_rows(store: ResultStore, cells: list[Cell]) -> int:
+    """How many of ``cells`` ``store`` does not hold finished with the same spec."""
+    return sum(not store.has(c.key, c.spec_hash) for c in cells)
+
+
+@contextmanager
+def recorded_status(out: Path, record: dict[str, Any], pending: int) -> Iterator[None]:
+    """``run.json`` while rows are computed: ``running`` once there is a row to compute (a
+    finished run's record stays as it is until then: a rerun with nothing to do, or one that
+    fails before its first row, does not overwrite it), ``interrupted`` on Ctrl-C."""
+    if pending:
+        write_record(out, record, "running")
+    try:
+        yield
+    except KeyboardInterrupt:
+        if pending:
+            write_record(out, record, "interrupted")
+        raise
 
 
 def finish_run(exp: Experiment, out: Path, record: dict[str, Any], failed: list[FailedRow]

@@ -24,11 +24,11 @@ from .config import ExperimentConfig
 from .config_file import load_config
 from .experiment import prepare, run_record
 from .lock import holds_output_lock
-from .outputs import (ERRORS_LOG, RESULTS_DB, EvaluationResult, finish_run, run_analyses,
-                      write_record)
+from .outputs import (ERRORS_LOG, RESULTS_DB, EvaluationResult, finish_run, pending_rows,
+                      recorded_status, run_analyses)
 from .run import run_cells
 from .sharded import evaluate_sharded
-from .store import ResultStore, merge_shards
+from .store import ResultStore, check_results_file, merge_shards
 
 __all__ = ["evaluate", "EvaluationResult", "run_analyses"]
 
@@ -82,11 +82,12 @@ def _evaluate_here(config: ExperimentConfig, out_dir: str | Path, *,
     """:func:`evaluate` in this one process."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_results_file(out / RESULTS_DB)  # a corrupt file is refused before any training
     exp = prepare(config, out, data_dir=data_dir, cache_dir=cache_dir, device=device)
     record = run_record(exp, argv)
-    write_record(out, record, "running")
     with ResultStore(out / RESULTS_DB) as store:
         store.set_meta("config", record["config"])
         merge_shards(store, out)  # rows a killed distributed run left in its ranks' files
-        failed = run_cells(exp.workload, store, errors_log=out / ERRORS_LOG)
+        with recorded_status(out, record, pending_rows(store, exp.cells)):
+            failed = run_cells(exp.workload, store, errors_log=out / ERRORS_LOG)
     return finish_run(exp, out, record, failed)

@@ -132,8 +132,7 @@ def run_cells(work: Workload, store: ResultStore, cells: list[Cell] | None = Non
     """
     cells = work.cells if cells is None else cells
     todo = [c for c in cells if not store.has(c.key, c.spec_hash)]
-    if len(todo) < len(cells):
-        log.info("resuming: %d of %d rows already finished", len(cells) - len(todo), len(cells))
+    log_resume(len(cells) - len(todo), len(cells))
     failed: list[FailedRow] = []
     shared = _SharedCrafts()
     for cell in progress(todo, desc="evaluate", total=len(todo), leave=True, unit="row"):
@@ -153,6 +152,13 @@ def run_cells(work: Workload, store: ResultStore, cells: list[Cell] | None = Non
             store.put_examples(cell.key, worst[:EXAMPLES_PER_ROW].cpu().numpy())
         store.put(row)
     return failed
+
+
+def log_resume(finished: int, total: int) -> None:
+    """``resuming: k of n rows already finished``, when some are (a plain run's store, or rank
+    0 of a distributed run for the whole grid)."""
+    if finished:
+        log.info("resuming: %d of %d rows already finished", finished, total)
 
 
 def finished_rows(store: ResultStore, cells: list[Cell]) -> list[ResultRow]:

@@ -29,10 +29,11 @@ from ..utils import pick_device
 from .config import ExperimentConfig
 from .experiment import Experiment, prepare, run_record
 from .lock import output_lock
-from .outputs import ERRORS_LOG, RESULTS_DB, EvaluationResult, finish_run, write_record
+from .outputs import (ERRORS_LOG, RESULTS_DB, EvaluationResult, finish_run, pending_rows,
+                      write_record)
 from .partition import estimated_loads, split_cells
-from .run import FailedRow, run_cells
-from .store import ResultStore, merge_shards, shard_path
+from .run import FailedRow, log_resume, run_cells
+from .store import ResultStore, check_results_file, merge_shards, shard_path
 
 RANK_ERRORS = "errors-rank{rank}.log"
 
@@ -56,6 +57,7 @@ def evaluate_sharded(config: ExperimentConfig, out_dir: str | Path, *,
     dev = pick_device(device or config.device)
     with process_group(dev) as group, ExitStack() as held:
         group.on_main(lambda: held.enter_context(output_lock(out)))
+        group.on_main(lambda: check_results_file(out / RESULTS_DB))  # before any training
         exp = group.main_first(lambda: prepare(config, out, data_dir=data_dir,
                                                cache_dir=cache_dir, device=device))
         record = run_record(exp, argv)
@@ -75,13 +77,18 @@ def evaluate_sharded(config: ExperimentConfig, out_dir: str | Path, *,
 
 
 def _open_run(exp: Experiment, out: Path, record: dict) -> set[tuple]:
-    """Rank 0, before the grid: run.json says running, the rank files of a killed run are
-    merged; returns the finished rows as (key, spec hash) pairs."""
-    write_record(out, record, "running")
+    """Rank 0, before the grid: the rank files of a killed run are merged, a resumed run says
+    how many rows are finished (as a plain run does), and run.json says running if any row is
+    left; returns the finished rows as (key, spec hash) pairs."""
     with ResultStore(out / RESULTS_DB) as store:
         store.set_meta("config", record["config"])
         merge_shards(store, out)
-        return {(row.key, row.spec_hash) for row in store.rows()}
+        pending = pending_rows(store, exp.cells)
+        finished = {(row.key, row.spec_hash) for row in store.rows()}
+    log_resume(len(exp.cells) - pending, len(exp.cells))
+    if pending:
+        write_record(out, record, "running")
+    return finished
 
 
 def _close_run(exp: Experiment, out: Path, record: dict, failed: list[FailedRow],

@@ -6,13 +6,14 @@ protocol needs for its per-example worst case.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +28,8 @@ SANITY_PREFIX = "sanity-"
 COLUMNS = ("dataset", "classifier", "purifier", "threat_model", "attack", "norm", "eps", "n",
            "accuracy", "seconds")
 KEY = COLUMNS[:7]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -93,11 +96,29 @@ class ResultRow:
         return rec
 
 
+def _guarded(method: F) -> F:
+    """Turn SQLite's errors inside a store method (a page found corrupt only when read) into
+    one line that names the file; the file itself is left as it is."""
+
+    @functools.wraps(method)
+    def wrapper(self: ResultStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise self.unusable(exc) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 class ResultStore:
     """SQLite-backed result rows (``DIR/results.db``).
 
+    Opening checks the whole file (SQLite's ``quick_check``), so a file whose pages are corrupt
+    is refused before a run writes anything beside it.
+
     Raises:
-        AepurifyError: the file exists but is not a readable results database.
+        AepurifyError: the file exists but is not a readable results database, or a page of it
+            turns out corrupt later (one line naming the file; the file is kept as it is).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -105,9 +126,18 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path)
+            verdict = self._db.execute("PRAGMA quick_check").fetchone()
+            if verdict is None or verdict[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {verdict[0] if verdict else '?'}")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise AepurifyError(f"{self.path} is not a usable results database: {exc}") from None
+            raise self.unusable(exc) from None
+
+    def unusable(self, exc: BaseException) -> AepurifyError:
+        """The one-line error for a results file SQLite cannot use."""
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return AepurifyError(f"{self.path} is not a usable results database ({first}); move it "
+                             "aside to start the run afresh, or restore it from a copy")
 
     def close(self) -> None:
         self._db.close()
@@ -118,6 +148,7 @@ class ResultStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @_guarded
     def has(self, key: tuple, spec_hash: str) -> bool:
         """True if the row ``key`` was finished with exactly this spec."""
         cur = self._db.execute(
@@ -126,6 +157,7 @@ class ResultStore:
             (*key[:6], eps_key(key[6]), spec_hash))
         return cur.fetchone() is not None
 
+    @_guarded
     def put(self, row: ResultRow) -> None:
         """Insert or replace a row and commit at once."""
         blob = np.asarray(row.correct, dtype=np.uint8).tobytes()
@@ -136,6 +168,7 @@ class ResultStore:
              time.strftime("%Y-%m-%dT%H:%M:%S")))
         self._db.commit()
 
+    @_guarded
     def rows(self, keys: Iterable[tuple] | None = None) -> list[ResultRow]:
         """All rows, or those with the given keys (in that order, missing ones skipped)."""
         cur = self._db.execute(
@@ -150,6 +183,7 @@ class ResultStore:
             return list(found.values())
         return [found[k] for k in keys if k in found]
 
+    @_guarded
     def put_examples(self, key: tuple, images: np.ndarray) -> None:
         """Keep a few adversarial images of a row (float16, (k, C, H, W) in [0, 1]) for the
         report's example figures."""
@@ -159,6 +193,7 @@ class ResultStore:
                           arr.tobytes()))
         self._db.commit()
 
+    @_guarded
     def examples(self, key: tuple) -> np.ndarray | None:
         """The stored adversarial images of a row, float32 (k, C, H, W), or None."""
         cur = self._db.execute("SELECT shape, data FROM examples WHERE row_key=?",
@@ -192,14 +227,27 @@ class ResultStore:
             self._db.execute("DETACH DATABASE other")
         return copied
 
+    @_guarded
     def set_meta(self, key: str, value: Any) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
         self._db.commit()
 
+    @_guarded
     def get_meta(self, key: str, default: Any = None) -> Any:
         cur = self._db.execute("SELECT value FROM meta WHERE key=?", (key,))
         rec = cur.fetchone()
         return json.loads(rec[0]) if rec else default
+
+
+def check_results_file(path: str | Path) -> None:
+    """Refuse an existing results file that SQLite cannot use (corrupt pages included), before
+    a run trains or writes anything; a missing file is fine (nothing is created).
+
+    Raises:
+        AepurifyError: as :class:`ResultStore`.
+    """
+    if Path(path).exists():
+        ResultStore(path).close()
 
 
 def row_dict(row: ResultRow) -> dict[str, Any]:
