@@ -29,12 +29,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import DataError
 from ..utils import progress
 from .base import ImageDataset
+from .images import decoded_image, eight_bit
 from .imagenet import (IMAGENET_MEAN, IMAGENET_STD, SAMPLES_PACKAGE, imagenet_classes,
                        imagenet_synsets, sample_files)
 
@@ -69,19 +70,19 @@ def read_images(paths: Sequence[Path], image_size: int, channels: int = 3,
     Returns:
         uint8 tensor (N, channels, image_size, image_size).
 
+    16-bit grayscale images are scaled to 8 bits (not clipped, as Pillow's conversion would).
+
     Raises:
-        DataError: a missing or undecodable file (named).
+        DataError: a missing or undecodable file, one above Pillow's pixel limit (a
+            decompression bomb), or one without a [0, 1] scale (floating-point or 32-bit
+            pixels), named in one line.
     """
     mode = {1: "L", 3: "RGB"}[channels]
     out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
     for i, path in enumerate(progress(paths, desc=desc, unit="img")):
-        try:
-            with Image.open(path) as im:
-                crop = resize_center_crop(im.convert(mode), image_size, resize)
-        except FileNotFoundError:
-            raise DataError(f"image file not found: {path}") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
+        with decoded_image(Path(path)) as im:
+            crop = resize_center_crop(eight_bit(im, Path(path)).convert(mode), image_size,
+                                      resize)
         out[i] = np.asarray(crop).reshape(image_size, image_size, channels)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 

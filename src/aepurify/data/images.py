@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, InputError
+from ..utils import make_folder
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,66 @@ class ImageInfo:
     alpha: bool
 
 
+@contextmanager
+def decoded_image(path: Path) -> Iterator[Image.Image]:
+    """The image file ``path`` opened and decoded in full (closed after the block).
+
+    Raises:
+        DataError: missing or undecodable file, or above Pillow's pixel limit
+            (``Image.MAX_IMAGE_PIXELS``: a decompression bomb, or a picture too large to hold).
+    """
+    try:
+        with warnings.catch_warnings():
+            # past MAX_IMAGE_PIXELS Pillow only warns, past twice that it raises: refuse both
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            try:
+                im.load()
+            except BaseException:
+                im.close()
+                raise
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"refusing image {path}: {exc}".splitlines()[0]) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}".splitlines()[0]) from None
+    try:
+        yield im
+    finally:
+        im.close()
+
+
+def sixteen_bit_values(im: Image.Image, path: Path) -> np.ndarray:
+    """The samples of a 16-bit grayscale image (modes ``I;16*``, or ``I`` within 0..65535) as
+    float32 (H, W).
+
+    Raises:
+        DataError: 32-bit integer samples outside 0..65535 (no [0, 1] scale).
+    """
+    values = np.asarray(im).astype(np.float32)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DataError(f"cannot read image {path}: 32-bit integer pixels; save it as an 8- or "
+                        "16-bit image")
+    return values
+
+
+def eight_bit(im: Image.Image, path: Path) -> Image.Image:
+    """``im`` with 8-bit samples: a 16-bit grayscale image scaled to 0..255 (rounded), where
+    Pillow's own ``convert("L")`` clips every value above 255 to white; others unchanged.
+
+    Raises:
+        DataError: as :func:`sixteen_bit_values`, or floating-point pixels (no [0, 1] scale).
+    """
+    if im.mode == "F":
+        raise DataError(f"cannot read image {path}: floating-point pixels have no [0, 1] scale; "
+                        "save it as an 8- or 16-bit image")
+    if im.mode not in SIXTEEN_BIT_MODES:
+        return im
+    scaled = np.round(sixteen_bit_values(im, path) * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
 def read_image(path: Path, channels: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     """One image file as float32 (H, W, C) in [0, 1].
 
@@ -54,19 +116,8 @@ def read_image(path: Path, channels: int | None = None) -> tuple[np.ndarray, Ima
         DataError: missing or unreadable file, above Pillow's pixel limit (a decompression
             bomb), or a sample format without a [0, 1] scale (floating point, 32-bit).
     """
-    try:
-        with warnings.catch_warnings():
-            # past MAX_IMAGE_PIXELS Pillow only warns, past twice that it raises: refuse both
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                return _to_array(im, path, channels)
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"refusing image {path}: {exc}".splitlines()[0]) from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}".splitlines()[0]) from None
+    with decoded_image(path) as im:
+        return _to_array(im, path, channels)
 
 
 def _to_array(im: Image.Image, path: Path, channels: int | None) -> tuple[np.ndarray, ImageInfo]:
@@ -77,12 +128,8 @@ def _to_array(im: Image.Image, path: Path, channels: int | None) -> tuple[np.nda
                         "save it as an 8- or 16-bit image")
     bits = 8
     if im.mode in SIXTEEN_BIT_MODES:
-        values = np.asarray(im).astype(np.float32)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise DataError(f"cannot read image {path}: 32-bit integer pixels; save it as an 8- or "
-                            "16-bit image")
         bits = 16
-        arr = (values / 65535.0)[..., None]
+        arr = (sixteen_bit_values(im, path) / 65535.0)[..., None]
         if channels == 3:
             arr = np.repeat(arr, 3, axis=2)
     else:
@@ -161,7 +208,7 @@ def save_image_files(images: torch.Tensor, paths: Sequence[str | Path],
     depths = [bits] * len(paths) if isinstance(bits, int) else list(bits)
     x = images.detach().clamp(0, 1).cpu()
     for img, path, depth in zip(x, map(Path, paths), depths, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent, "output folder")
         if depth == 16 and img.shape[0] == 1 and path.suffix.lower() == ".png":
             a = img[0].mul(65535).round().numpy().astype(np.uint16)
             Image.fromarray(a).save(path)  # uint16 -> mode I;16
