@@ -23,6 +23,8 @@ import typer
 from ..errors import ConfigError
 from .app import INTERRUPTED, DataDir, Device, _params, app, console
 
+DEFAULT_N_TEST = 100
+
 
 def _floats(text: str | None, option: str) -> list[float] | None:
     if text is None:
@@ -34,9 +36,16 @@ def _floats(text: str | None, option: str) -> list[float] | None:
 
 
 def load_audit_classifier(spec: str, args: dict[str, Any], mean: list[float] | None,
-                          std: list[float] | None) -> Any:
+                          std: list[float] | None, sample: Any = None) -> Any:
     """The classifier ``--classifier`` names: an entry point's module, a checkpoint, or a
-    registered pretrained classifier (wrapped with the given normalisation)."""
+    registered pretrained classifier; an entry point's module wrapped with the normalisation
+    ``--mean``/``--std`` give, its number of classes read from a forward pass on ``sample``
+    (images (N, C, H, W) in [0, 1]).
+
+    Raises:
+        ConfigError: an unknown or untrained name; ``--mean``/``--std`` for a checkpoint or a
+            registered classifier, which normalise inside themselves; a mean or std whose
+            length is neither 1 nor the images' channels."""
     from ..entry_points import call_entry_point, factory_label, is_entry_point
     from ..models import CLASSIFIERS, as_classifier, create_classifier, is_pretrained
     from ..models import load_classifier
@@ -48,6 +57,10 @@ def load_audit_classifier(spec: str, args: dict[str, Any], mean: list[float] | N
         if args:
             raise ConfigError("--classifier-arg sets an entry point's factory arguments; "
                               f"{spec!r} is not one")
+        if mean is not None or std is not None:
+            raise ConfigError(f"--mean/--std put a normalisation in front of an entry point's "
+                              f"module; {spec!r} is an aepurify classifier, which normalises "
+                              "inside itself with the statistics it was trained with")
         if path.exists():
             module, config = load_classifier(path)
             label = str(config.get("name"))
@@ -62,8 +75,9 @@ def load_audit_classifier(spec: str, args: dict[str, Any], mean: list[float] | N
     _name(module, label)
     if mean is None and std is None:
         return module
-    return as_classifier(module, mean=mean, std=std, num_classes=None,
-                         input_shape=getattr(module, "input_shape", None))
+    return as_classifier(module, mean=mean, std=std, sample=sample,
+                         input_shape=None if sample is not None else
+                         getattr(module, "input_shape", None))
 
 
 def load_audit_purifier(spec: str, args: dict[str, Any], channels: int,
@@ -112,16 +126,22 @@ def _name(obj: Any, label: str) -> bool:
     return True
 
 
-def load_audit_data(data: str, n_test: int, data_dir: Path | None, image_size: int,
+def load_audit_data(data: str, n_test: int | None, data_dir: Path | None, image_size: int,
                     channels: int) -> Any:
-    """The first ``n_test`` images of a data set's test split, or of an image folder."""
+    """The first ``n_test`` images of a data set's test split, or of an image folder (None:
+    :data:`DEFAULT_N_TEST`, or all if there are fewer; a number asked for past the data set's
+    size is logged)."""
     from ..data import DATASETS, load_dataset, register_dataset
 
+    asked = n_test is not None
+    n_test = n_test if n_test is not None else DEFAULT_N_TEST
     if Path(data).is_dir() and data not in DATASETS:
         name = register_dataset({"kind": "imagefolder", "root": data, "image_size": image_size,
                                  "channels": channels, "max_images": n_test})
-        return load_dataset(name, "test").take(n_test)
-    return load_dataset(data, "test", data_dir).take(n_test)
+        data_set = load_dataset(name, "test")
+    else:
+        data_set = load_dataset(data, "test", data_dir)
+    return data_set.first(n_test, "--n-test") if asked else data_set.take(n_test)
 
 
 @app.command()
@@ -144,7 +164,8 @@ def audit(
     std: Annotated[Optional[str], typer.Option(help="Per-channel standard deviations.")] = None,
     norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
     version: Annotated[str, typer.Option(help="quick, standard or thorough.")] = "standard",
-    n_test: Annotated[int, typer.Option(help="Number of images (the first N).")] = 100,
+    n_test: Annotated[Optional[int], typer.Option(
+        help=f"Number of images (the first N; default {DEFAULT_N_TEST}).")] = None,
     n_eval: Annotated[Optional[int], typer.Option(
         help="Evaluations per example of a random purifier (default 10).")] = None,
     out: Annotated[Optional[Path], typer.Option(
@@ -160,7 +181,7 @@ def audit(
     from ..audit import audit as run_audit
     from ..utils import parse_eps
 
-    if n_test < 1:
+    if n_test is not None and n_test < 1:
         raise ConfigError(f"--n-test must be >= 1; got {n_test}")
     if channels not in (1, 3):
         raise ConfigError(f"--channels must be 1 or 3; got {channels}")
@@ -171,7 +192,7 @@ def audit(
     test = load_audit_data(data, n_test, data_dir, image_size, channels)
     x, y = test.tensors()
     clf = load_audit_classifier(classifier, _params(classifier_arg, "--classifier-arg"),
-                                _floats(mean, "--mean"), _floats(std, "--std"))
+                                _floats(mean, "--mean"), _floats(std, "--std"), sample=x)
     dataset = data if not Path(data).is_dir() else test.name
     pur = load_audit_purifier(purifier, _params(purifier_arg, "--purifier-arg"), x.shape[1],
                               dataset if not Path(data).is_dir() else None)

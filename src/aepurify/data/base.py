@@ -11,6 +11,7 @@ project, so the demo needs neither network nor setup.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,14 @@ class ImageDataset:
         stop = len(self) if n is None else min(len(self), start + n)
         return ImageDataset(self.name, self.split, self.images[start:stop],
                             self.labels[start:stop], self.classes, self.source)
+
+    def first(self, n: int, what: str = "n_test") -> ImageDataset:
+        """The first ``n`` images, as :meth:`take`; asking for more than the data set holds
+        gives all of them and says so in one logged line (never a silent cap)."""
+        if n > len(self):
+            log.warning("%s %d is more than the %s images of %s (%s split): using all %s",
+                        what, n, f"{len(self):,}", self.name, self.split, f"{len(self):,}")
+        return self.take(n)
 
     def tensors(self, sl: slice = slice(None), device: torch.device | str = "cpu"
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,7 +114,7 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
     data_dir = data_dir if data_dir is not None else config.data_dir
     seed_everything(config.seed)
     full_test = load_dataset(config.dataset, "test", data_dir)
-    test = full_test.take(config.n_test)
+    test = full_test.first(config.n_test)
     train = _lazy(lambda: load_dataset(config.dataset, "train", data_dir))
     # a classifier trained here records its accuracy on the whole test split, not on n_test
     common = {"train_data": train, "test_data": full_test, "cache_dir": cache_dir, "device": dev,
