@@ -124,6 +124,7 @@ def test_a_killed_rank_loses_no_finished_rows_and_a_rerun_completes(grid, tmp_pa
     assert len(kept) == 2  # both rows rank 1 committed before it died
     rerun = _run(args, grid["cache"], ranks=2)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"of {ROWS} rows already finished" in rerun.stderr  # "resuming: k of n", as one process
     assert _csv_without_seconds(out / "results.csv") == \
         _csv_without_seconds(grid["one"] / "results.csv")
     with sqlite3.connect(out / "results.db") as db:
