@@ -8,6 +8,7 @@ import math
 import os
 import random
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -158,9 +159,55 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: 
 def progress_bar(desc: str, total: int | None = None, leave: bool = False, unit: str = "it",
                  iterable: Iterable[T] | None = None) -> tqdm:
     """The tqdm bar itself (to stderr, respecting AEPURIFY_PROGRESS), for loops that advance it
-    by hand (``update``) and show a figure beside it (``set_postfix``); close it when done."""
+    by hand (``update``) and show a figure beside it (``set_postfix``); close it when done.
+    When stderr is not a terminal (a log file, a pipe) it is a :class:`PlainProgress`."""
+    if not sys.stderr.isatty():
+        return PlainProgress(iterable, desc=desc, total=total, leave=leave, unit=unit,
+                             disable=not progress_enabled())
     return tqdm(iterable, desc=desc, total=total, leave=leave, unit=unit,
                 disable=not progress_enabled(), mininterval=0.5, dynamic_ncols=True)
+
+
+# Seconds between the plain lines of a progress bar in a log.
+PLAIN_INTERVAL = 30.0
+
+
+class _Discard:
+    """A stream that drops what tqdm writes itself (carriage returns, cursor moves, clears)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class PlainProgress(tqdm):
+    """A progress bar for a log: one plain line (``desc: 30%| 3/10 [00:12<00:28, ...]``) at
+    most every :data:`PLAIN_INTERVAL` seconds, and a last one when a bar that stays is closed;
+    no carriage return, escape code or bar graphics. A step shorter than the interval leaves
+    no line at all."""
+
+    def __init__(self, *args: Any, stream: Any = None, **kwargs: Any) -> None:
+        self._stream, self._shown = stream, -1
+        kwargs.update(file=_Discard(), mininterval=PLAIN_INTERVAL, maxinterval=PLAIN_INTERVAL,
+                      delay=PLAIN_INTERVAL, ascii=True, ncols=80,
+                      bar_format="{l_bar}{r_bar}")
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        # msg "" is tqdm clearing the bar: nothing to clear in a log; a bar closed at the
+        # count its last line showed adds no second line
+        if msg is None and self.n != self._shown:
+            stream = self._stream if self._stream is not None else sys.stderr
+            stream.write(self.__str__().strip().replace("||", "|") + "\n")
+            stream.flush()
+            self._shown = self.n
+        return True
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+        """As tqdm's, without a line of its own: the figure shows in the next periodic line."""
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
