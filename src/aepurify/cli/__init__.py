@@ -32,7 +32,10 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; turn aepurify's errors into one line and exit status 2."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # aepurify's own progress notes at INFO; other libraries' only from WARNING up (ART, for
+    # one, announces "set ART_DATA_PATH to ..." at INFO when it is first imported)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("aepurify").setLevel(logging.INFO)
     try:
         app(args=argv, prog_name="aepurify")
     except RankFailedError:  # under torchrun: the failed rank printed the problem itself
