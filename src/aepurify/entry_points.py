@@ -12,7 +12,9 @@ that raises.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -121,6 +123,66 @@ def call_entry_point(spec: str, kwargs: Mapping[str, Any] | None = None,
         raise
     except Exception as exc:  # noqa: BLE001 - anything the user's factory raises
         raise ConfigError(f"{kind} entry point {spec!r} raised {_first_line(exc)}") from None
+
+
+def _is_the_purifier(obj: Any) -> bool:
+    """Whether an entry point's object is a purifier itself rather than a factory: an
+    ``nn.Module`` instance, or a function (or callable object) whose one required parameter
+    is the images."""
+    from torch import nn
+
+    if isinstance(obj, nn.Module):
+        return True
+    if isinstance(obj, type):
+        return False  # a class: building it is the factory call
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    required = [p for p in params if p.default is p.empty and
+                p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(required) == 1
+
+
+def build_purifier(spec: str, kwargs: Mapping[str, Any] | None = None) -> Any:
+    """What a purifier entry point names, ready to use. Either form works:
+
+    - a factory: ``factory(**kwargs)`` is called and returns the purifier (a Purifier, an
+      ``nn.Module`` or a callable images -> images);
+    - the purifier itself: an ``nn.Module`` instance, or a function (callable object) whose
+      one required argument is the images (N, C, H, W) in [0, 1], given no ``kwargs``.
+
+    Raises:
+        ConfigError: as :func:`call_entry_point`; keyword arguments for a purifier that is not
+            a factory; a factory that returns something not callable.
+    """
+    obj = load_factory(spec)
+    if _is_the_purifier(obj):
+        if kwargs:
+            raise ConfigError(f"purifier entry point {spec!r} is a purifier (it takes the "
+                              "images), not a factory: it takes no keyword arguments")
+        return obj
+    built = call_entry_point(spec, kwargs, "purifier")
+    if not callable(built):
+        raise ConfigError(f"purifier entry point {spec!r} returned a {type(built).__name__}, "
+                          "not a callable purifier (images -> images)")
+    return built
+
+
+def own_label(obj: Any, spec: str) -> str:
+    """A row label for what an entry point built: the name it declares (a ``name`` string,
+    as ``as_purifier(..., name=)`` and aepurify's models set), else the class of a module or
+    of a callable object (``TotalVarMin``), else, for a plain function or lambda, whose own
+    name says little (``purify``), the factory's name (:func:`factory_label`)."""
+    from types import BuiltinFunctionType, FunctionType, MethodType
+
+    name = getattr(obj, "name", None)
+    if isinstance(name, str) and name.strip() and not name.startswith("classifier "):
+        return name.strip()
+    if not isinstance(obj, (FunctionType, BuiltinFunctionType, MethodType, functools.partial,
+                            type)):
+        return type(obj).__name__
+    return factory_label(spec)
 
 
 def factory_label(spec: str) -> str:

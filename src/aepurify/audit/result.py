@@ -160,9 +160,13 @@ class AuditResult:
             return "-" if v is None or v != v else f"{v:.3f}"
 
         rule = f" (all of {self.n_eval} evaluations correct)" if self.n_eval > 1 else ""
+        gray = num(self.graybox_accuracy)
+        if self.graybox_accuracy is None:
+            gray += (f"  (the {self.version} version runs no gray-box attack on a purifier; "
+                     "standard does)" if self.version == "quick" else "  (no gray-box row)")
         out = ["verdict:",
                f"  clean accuracy      {num(self.clean_accuracy)}{rule}",
-               f"  gray-box robust     {num(self.graybox_accuracy)}",
+               *wrap(f"gray-box robust     {gray}", "  ", "                      "),
                f"  robust accuracy     {num(self.robust_accuracy)}  (per-example worst case "
                f"over {len([r for r in self.per_attack if r['purifier'] == self.purifier and r['attack'] != 'none'])} rows)"]
         if self.n_eval_accuracies:

@@ -7,7 +7,8 @@
 ``--classifier`` takes ``MODULE:FACTORY`` (an ``nn.Module`` mapping images in [0, 1] to logits,
 from a module in the current directory or on sys.path), a classifier checkpoint folder, or a
 registered pretrained classifier (``efficientnet-lite0``). ``--purifier`` takes ``MODULE:FACTORY``
-(a Purifier or any callable images -> images), a purifier checkpoint folder, a registered
+(a factory returning a Purifier or any callable images -> images, or that purifier itself: a
+module instance or a function of the images), a purifier checkpoint folder, a registered
 purifier that needs no training (``jpeg``, ``bit-depth``, ``median``) or ``none`` (the
 undefended classifier). ``--data`` takes a registered data set (its test split) or an image
 folder (one sub-folder per class).
@@ -46,13 +47,14 @@ def load_audit_classifier(spec: str, args: dict[str, Any], mean: list[float] | N
         ConfigError: an unknown or untrained name; ``--mean``/``--std`` for a checkpoint or a
             registered classifier, which normalise inside themselves; a mean or std whose
             length is neither 1 nor the images' channels."""
-    from ..entry_points import call_entry_point, factory_label, is_entry_point
+    from ..entry_points import call_entry_point, is_entry_point, own_label
     from ..models import CLASSIFIERS, as_classifier, create_classifier, is_pretrained
     from ..models import load_classifier
 
     path = Path(spec)
     if is_entry_point(spec) and not path.exists():
-        module, label = call_entry_point(spec, args, "classifier"), factory_label(spec)
+        module = call_entry_point(spec, args, "classifier")
+        label = own_label(module, spec)
     else:
         if args:
             raise ConfigError("--classifier-arg sets an entry point's factory arguments; "
@@ -83,7 +85,7 @@ def load_audit_classifier(spec: str, args: dict[str, Any], mean: list[float] | N
 def load_audit_purifier(spec: str, args: dict[str, Any], channels: int,
                         dataset: str | None) -> Any:
     """The purifier ``--purifier`` names (None for ``none``)."""
-    from ..entry_points import call_entry_point, factory_label, is_entry_point
+    from ..entry_points import build_purifier, is_entry_point, own_label
     from ..purifiers import as_purifier, create_purifier, load_purifier, purifier_class
 
     path = Path(spec)
@@ -92,12 +94,9 @@ def load_audit_purifier(spec: str, args: dict[str, Any], channels: int,
             raise ConfigError("--purifier-arg needs a purifier; --purifier none has none")
         return None
     if is_entry_point(spec) and not path.exists():
-        built = call_entry_point(spec, args, "purifier")
-        if not callable(built):
-            raise ConfigError(f"purifier entry point {spec!r} returned a {type(built).__name__}, "
-                              "not a callable purifier")
-        return built if _name(built, factory_label(spec)) else \
-            as_purifier(built, name=factory_label(spec))
+        built = build_purifier(spec, args)  # a factory, or the purifier itself
+        label = own_label(built, spec)
+        return built if _name(built, label) else as_purifier(built, name=label)
     if path.exists():
         if args:
             raise ConfigError("--purifier-arg sets a purifier given by name or entry point; a "

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint_into
 from ..data import ImageDataset
-from ..entry_points import call_entry_point
+from ..entry_points import build_purifier, call_entry_point
 from ..errors import CheckpointError, ConfigError
 from ..models import WrappedClassifier, as_classifier
 from ..purifiers import Purifier, as_purifier, probe_properties
@@ -155,10 +155,7 @@ def get_entry_purifier(entry_point: str, kwargs: dict[str, Any], dataset: str, *
     """
     settings = settings or TrainSettings()
     with preserved_rng():
-        built = call_entry_point(entry_point, kwargs, "purifier")
-    if not callable(built):
-        raise ConfigError(f"purifier entry point {entry_point!r} returned a "
-                          f"{type(built).__name__}, not a callable purifier")
+        built = build_purifier(entry_point, kwargs)  # a factory, or the purifier itself
     if isinstance(built, Purifier) and built.trainable:
         return _trained_purifier(entry_point, kwargs, dataset, settings, built.needs_classifier,
                                  classifier, train_data, cache_dir, device, data_dir)

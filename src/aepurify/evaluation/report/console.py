@@ -41,8 +41,8 @@ def summary_table(summary: Sequence[SummaryRow], title: str = "robust accuracy")
                   collapse_padding=True,
                   title_justify="left", caption_justify="left",
                   caption="gray: gray-box robust; adapt: adaptive robust (per-example worst case "
-                          "over every attack); worst: the weakest single attack. Every row and "
-                          "plot: report.md")
+                          "over every attack); worst: the strongest single attack (lowest "
+                          "accuracy). Every row and plot: report.md")
     table.add_column("defense", overflow="fold", min_width=8, max_width=18)
     for name in ("eps", "n", "clean", "gray", "adapt", "worst"):
         table.add_column(name, justify="left" if name == "eps" else "right", no_wrap=True)
