@@ -23,8 +23,6 @@ pass gradients to the argmax positions), so the paper's white-box setting applie
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +33,8 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..utils import channels_last_input
 from .base import Purifier, batchnorm_affine
+from .s2snet_training import (check_target, remember_stage1, split_settings, stage1_done,
+                              stage1_key)
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -48,12 +48,6 @@ PRESETS: dict[int, tuple[tuple[int, int], ...]] = {
     32: ((64, 2), (128, 2), (256, 3)),
     224: ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),
 }
-
-# Stage-2 options read from ``TrainSettings.extra`` (the rest of TrainSettings drives stage 1).
-STAGE2_KEYS = ("stage2_epochs", "stage2_lr", "stage2_batch_size", "stage2_max_images",
-               "stage2_schedule", "stage2_weight_decay", "target")
-TARGETS = ("label", "prediction", "distill")
-
 
 def preset_for(image_size: int) -> tuple[tuple[int, int], ...]:
     """Encoder stages for ``image_size`` px: the 28, 32 or 224 px preset, or for other sizes the
@@ -279,17 +273,15 @@ class S2SNet(Purifier):
         result is a function of the initial weights, the stage-1 settings and the training
         images, so it is kept in memory under a hash of exactly those and copied, not retrained.
         """
-        key = _stage1_key(self, train, settings)
-        if key in _STAGE1_DONE:
-            state, metrics = _STAGE1_DONE[key]
+        key = stage1_key(self, train, settings)
+        done = stage1_done(key)
+        if done is not None:
+            state, metrics = done
             self.load_state_dict(state)
             self.to(device).eval()
             return {**metrics, "seconds": 0.0, "reused": True}
         metrics = self.fit_stage1(train, settings, device)
-        _STAGE1_DONE[key] = ({k: v.detach().cpu().clone() for k, v in
-                              self.state_dict().items()}, metrics)
-        while len(_STAGE1_DONE) > _STAGE1_KEEP:
-            _STAGE1_DONE.pop(next(iter(_STAGE1_DONE)))
+        remember_stage1(key, self.state_dict(), metrics)
         return metrics
 
     def fit_stage1(self, train: ImageDataset, settings: TrainSettings,
@@ -333,7 +325,7 @@ class S2SNet(Purifier):
         """
         from ..training.loops import frozen, run_minibatches
 
-        _check_target(target)
+        check_target(target)
         self.to(device)
         classifier.to(device)
 
@@ -377,54 +369,3 @@ class S2SNet(Purifier):
         mse = float(self.reconstruction_error(x).mean())
         self.train(was_training)
         return mse
-
-
-# Stage-1 results of this process: key -> (state dict on CPU, metrics); the latest few only.
-_STAGE1_DONE: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
-_STAGE1_KEEP = 4
-
-
-def _check_target(target: str) -> None:
-    """Raise ConfigError unless ``target`` is a stage-2 target (label or prediction)."""
-    if target not in TARGETS:
-        raise ConfigError(f"s2snet target must be one of {', '.join(TARGETS)}; got {target!r}")
-
-
-def _stage1_key(net: S2SNet, train: ImageDataset, settings: TrainSettings) -> str:
-    """Hash of what determines stage 1: architecture, initial weights, settings, images."""
-    h = hashlib.sha256()
-    h.update(json.dumps([net.hparams, settings.model_dump(), train.name, train.split],
-                        sort_keys=True, default=str).encode())
-    for name, tensor in net.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy())  # hashed in place, no copy
-    h.update(train.take(settings.max_images).images.contiguous().numpy())
-    return h.hexdigest()
-
-
-def split_settings(settings: TrainSettings) -> tuple[TrainSettings, TrainSettings, str]:
-    """Stage 1's settings, stage 2's settings and the stage-2 target from ``settings``.
-
-    Stage 1 takes ``settings`` without ``extra``; stage 2 takes the ``stage2_*`` keys of
-    ``settings.extra``, each defaulting to stage 1's value.
-
-    Raises:
-        ConfigError: unknown keys in ``extra``, an unknown target or an invalid stage-2 value.
-    """
-    from pydantic import ValidationError
-
-    extra = dict(settings.extra)
-    unknown = sorted(set(extra) - set(STAGE2_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown s2snet training option(s) {', '.join(unknown)} in "
-                          f"train.extra; known: {', '.join(STAGE2_KEYS)}")
-    target = extra.pop("target", "label")
-    _check_target(target)
-    stage1 = settings.model_copy(update={"extra": {}})
-    update = {k.removeprefix("stage2_"): v for k, v in extra.items()}
-    try:
-        stage2 = type(settings).model_validate({**stage1.model_dump(), **update})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"s2snet train.extra stage2_{err['loc'][0]}: {err['msg']}") from None
-    return stage1, stage2, target
