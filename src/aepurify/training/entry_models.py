@@ -29,8 +29,8 @@ from ..errors import CheckpointError, ConfigError
 from ..models import WrappedClassifier, as_classifier
 from ..purifiers import Purifier, as_purifier, probe_properties
 from ..utils import module_digest, preserved_rng, seed_everything, stable_hash
-from .cache import (CACHE_VERSION, Trained, _numerics_key, _train_and_save, _training_data,
-                    classifier_fitter, model_cache_dir)
+from .model_cache import (CACHE_VERSION, Trained, _numerics_key, _train_and_save,
+                          _training_data, classifier_fitter, model_cache_dir)
 from .settings import TrainSettings
 
 log = logging.getLogger(__name__)

@@ -184,7 +184,7 @@ def _network(spec: str | NetworkSpec, role: str, train: ImageDataset,
     if spec == DEFENDED:
         assert classifier is not None
         return classifier, {"role": role, "arch": DEFENDED}
-    from .cache import get_classifier
+    from .model_cache import get_classifier
 
     assert isinstance(spec, NetworkSpec)
     trained = get_classifier(spec.arch, train.name, params=spec.params, settings=spec.train,
