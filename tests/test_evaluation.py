@@ -284,8 +284,8 @@ def test_sanity_checks_flag_masking_and_say_why():
         _row("p", "bpda", "sanity-pgd-100", eps, [1] * 6 + [0] * 4),  # more steps, higher: bad
         _row("p", "bpda", "sanity-pgd-100", 1.0, [1] * 5 + [0] * 5),  # not ~0 at a huge eps
         _row("p", "bpda", "sanity-pgd-10x2", eps, good),
-        _row("p", "black-box", "sanity-square-50", eps, [0] * 10),  # Square beats gradients
-        _row("p", "gray-box", "pgd", eps, [0] * 10),
+        _row("p", "black-box", "sanity-square-50", eps, [0] * 10),  # Square beats gradients:
+        _row("p", "gray-box", "pgd", eps, [0, 1] + [0] * 8),  # image 1 survives them all
         _row("p", "bpda", "pgd", eps, [1] * 10),  # purifier-aware weaker than gray-box
         _row("p", "bpda+eot", "pgd", 0.1, [1] * 10, details={"eot_samples": 5}),
         _row("p", "white-box", "fgsm", eps, [1] * 6 + [0] * 4),  # exact gradient weaker than

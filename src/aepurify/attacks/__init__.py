@@ -7,7 +7,8 @@
 """
 
 from . import art_engine, autoattack, gradient, optimization  # noqa: F401  (register attacks)
-from .base import ATTACKS, GRADIENT_FREE, NORMS, Attack, WithinBudget, build_attack, gradient_free
+from .base import (ATTACKS, GRADIENT_FREE, NORMS, SINGLE_STEP, Attack, WithinBudget, build_attack,
+                   gradient_free, single_step)
 from .fixed_randomness import FixedRandomness
 from .n_evaluation import NEvaluation, default_n_eval, n_evaluate
 from .planning import PlannedThreatModel, ThreatModelPlan, plan_threat_models
@@ -15,8 +16,9 @@ from .threat_models import (BASES, EOT, VARIANTS, BPDAClassifier, ThreatModel, a
                             bpda_purify, check_attack, parse_threat_model, resolve_threat_model,
                             split_threat_model)
 
-__all__ = ["ATTACKS", "GRADIENT_FREE", "NORMS", "Attack", "WithinBudget", "build_attack",
-           "gradient_free", "BASES", "VARIANTS", "EOT", "BPDAClassifier", "FixedRandomness",
+__all__ = ["ATTACKS", "GRADIENT_FREE", "NORMS", "SINGLE_STEP", "Attack", "WithinBudget",
+           "build_attack", "gradient_free", "single_step", "BASES", "VARIANTS", "EOT",
+           "BPDAClassifier", "FixedRandomness",
            "ThreatModel", "attack_module", "bpda_purify", "check_attack", "parse_threat_model",
            "split_threat_model", "resolve_threat_model", "NEvaluation", "n_evaluate",
            "default_n_eval", "PlannedThreatModel", "ThreatModelPlan", "plan_threat_models"]

@@ -42,6 +42,18 @@ def gradient_free(name: str) -> bool:
     return name in GRADIENT_FREE
 
 
+# Attacks that take one gradient step (FGSM, R-FGSM): the gradient at x (or near it) alone
+# decides their direction, so a purifier whose gradient there misleads defeats them while
+# iterative attacks, which correct their course, get through.
+SINGLE_STEP: set[str] = set()
+
+
+def single_step(name: str, params: dict[str, Any] | None = None) -> bool:
+    """Whether attack ``name`` with ``params`` takes a single gradient step (FGSM, R-FGSM, or
+    an iterative attack run with ``steps: 1``)."""
+    return name in SINGLE_STEP or (params or {}).get("steps") == 1
+
+
 def build_attack(name: str, model: nn.Module, eps: float, norm: str = "linf",
                  params: dict[str, Any] | None = None) -> Attack:
     """Build attack ``name`` against ``model``.

@@ -21,7 +21,9 @@ import torch
 import torchattacks
 from torch import nn
 
-from .base import ATTACKS, Attack, require_norm, set_targeted
+from .base import ATTACKS, SINGLE_STEP, Attack, require_norm, set_targeted
+
+SINGLE_STEP.update({"fgsm", "rfgsm"})
 
 
 @ATTACKS.register("fgsm")

@@ -117,6 +117,8 @@ def finish_run(exp: Experiment, out: Path, record: dict[str, Any], failed: list[
     write_report(out, rows, record, summary=summary, sanity=sanity, analyses=analyses,
                  examples=examples)
     record["analyses"] = {a.title: a.data for a in analyses}
-    record["sanity_failed"] = [f"{r.check}: {r.purifier}" for r in sanity if r.passed is False]
+    record["sanity_failed"] = [f"{r.check}: {r.purifier}" for r in sanity if r.unexplained]
+    record["sanity_findings"] = [f"{r.check}: {r.purifier}: {r.finding}" for r in sanity
+                                 if r.passed is False and r.finding]
     write_record(out, record, f"finished, {len(failed)} row(s) failed" if failed else "finished")
     return EvaluationResult(out, rows, summary, sanity, failed, record, analyses)

@@ -1,6 +1,7 @@
 """The console summary of a run, readable in 80 columns whether or not the output is a terminal:
 per defense and budget, clean, gray-box robust and adaptive robust accuracy and the worst single
-attack; then one line per failed sanity check and per failed row. The full grid is in
+attack; then one line per failed sanity check (explained ones as findings, not bugs) and per
+failed row. The full grid is in
 report.md / report.html."""
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def _num(value: float) -> str:
     return "-" if value != value else f"{value:.3f}"
 
 
+def first_sentence(text: str) -> str:
+    """``text`` up to its first full stop followed by a space (all of it if none)."""
+    head, sep, _ = text.partition(". ")
+    return head if sep else text
+
+
 def wrapped(prefix: str, text: str, width: int = MAX_WIDTH) -> str:
     """``prefix`` + ``text`` wrapped at ``width`` columns, continuation lines indented."""
     return "\n".join(textwrap.wrap(f"{prefix}{text}", width=width, subsequent_indent="    ",
@@ -109,7 +116,10 @@ def print_summary(console: Console, summary: Sequence[SummaryRow],
             console.print(random, width=min(console.width, MAX_WIDTH))
     width = min(problems.width, MAX_WIDTH)
     lines = [wrapped(f"sanity check failed: {r.check} ({r.purifier}): ", r.detail, width)
-             for r in sanity if r.passed is False]
+             for r in sanity if r.unexplained]
+    lines += [wrapped(f"finding, not a bug: {r.check} ({r.purifier}): ",
+                      f"{first_sentence(r.finding)} (report.md explains)", width)
+              for r in sanity if r.passed is False and r.finding]
     lines += [wrapped("row failed: ", f"{f.row}: {f.error}", width) for f in failed]
     for line in lines:
         problems.print(escape(line), soft_wrap=True)

@@ -77,17 +77,40 @@ def _num(value: float) -> str:
     return "-" if value != value else f"{value:.3f}"
 
 
+def sanity_verdict(results: list[SanityResult]) -> str:
+    """One sentence on the checks: how many passed, failed unexplained, failed as explained
+    findings, and did not run."""
+    unexplained = sum(r.unexplained for r in results)
+    findings = sum(r.passed is False and bool(r.finding) for r in results)
+    passed = sum(r.passed is True for r in results)
+    not_run = sum(r.passed is None for r in results)
+    parts = []
+    if unexplained:
+        parts.append(f"{unexplained} of {len(results)} checks failed without a known "
+                     "explanation: read them as possible flaws of the evaluation.")
+    if findings:
+        parts.append(f"{findings} failed check(s) are findings, each explained beside it: a "
+                     "property of the defense or of the run's settings, not a bug.")
+    if not unexplained and not findings:
+        parts.append(f"All {passed} checks that ran passed." if passed else
+                     "No check ran.")
+    if not_run:
+        parts.append(f"{not_run} did not run (each says why).")
+    return " ".join(parts)
+
+
 def sanity_lines(results: list[SanityResult], several: bool) -> list[str]:
-    """The gradient-masking checks, failures marked FAILED."""
-    failed = sum(r.passed is False for r in results)
-    lines = ["## Sanity checks (gradient masking)", "",
-             f"{failed} of {len(results)} checks failed." if failed else
-             f"All {sum(r.passed is True for r in results)} checks that ran passed.", "",
+    """The gradient-masking checks, unexplained failures marked FAILED, explained ones
+    "failed: finding" with their explanation."""
+    lines = ["## Sanity checks (gradient masking)", "", sanity_verdict(results), "",
              "| check | defense | verdict | detail |", "|---|---|---|---|"]
     for r in results:
         verdict = {True: "passed", False: "FAILED", None: "not run"}[r.passed]
+        detail = md_text(r.detail)
+        if r.passed is False and r.finding:
+            verdict, detail = "failed: finding", f"{detail}. **Finding:** {md_text(r.finding)}"
         lines.append(f"| {md_text(r.check)} | {_defense(r.classifier, r.purifier, several)} | "
-                     f"{verdict} | {md_text(r.detail)} |")
+                     f"{verdict} | {detail} |")
     return lines
 
 
@@ -103,9 +126,9 @@ def run_lines(record: dict[str, Any]) -> list[str]:
         f"torch {md_text(record.get('torch'))} on {md_text(record.get('device'))}",
         f"- command: {md_text(record.get('command'))}",
         "- accuracy is the fraction of the test images classified correctly (in [0, 1]); eps is "
-        "on the [0, 1] pixel scale; threat models as in METHODS.md (gray-box crafts on the bare "
-        "classifier, white-box through the purifier, bpda through its surrogate, eot averages "
-        "the purifier's randomness).",
+        "on the [0, 1] pixel scale; threat models as in aepurify's docs/methods.md (gray-box "
+        "crafts on the bare classifier, white-box through the purifier, bpda through its "
+        "surrogate, eot averages the purifier's randomness).",
     ]
 
 
