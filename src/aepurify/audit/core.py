@@ -1,5 +1,4 @@
-"""``audit``: bring your own classifier and purifier, get one verdict (DESIGN.md, "Bringing your
-own defense").
+"""``audit``: bring your own classifier and purifier, get one verdict (docs/audit.md).
 
 The audit is a front end of the evaluation stages, not a second runner: it wraps and validates
 its inputs, probes the purifier, plans the threat models, builds a
@@ -54,19 +53,22 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
           version: str = "standard", n_eval: int | None = None, out: str | Path | None = None,
           device: str = "auto", seed: int = 0, batch_size: int | None = None,
           dataset: str = "audit", classes: Sequence[str] | None = None,
-          precision: str = "fp32") -> AuditResult:
+          precision: str = "fp32", attack_what_stands: bool = True) -> AuditResult:
     """Audit a purifier in front of a classifier: attack it under every threat model that
     applies, with the attacks of ``version``, and report robust accuracy honestly.
 
     What it does: wraps the classifier (:func:`aepurify.as_classifier`, the number of classes
     read from a forward pass on x) and the purifier (:func:`aepurify.as_purifier` for a plain
     callable; None audits the undefended classifier); validates x, y and both models once;
-    probes what the purifier does not declare (stochastic, differentiable; METHODS.md);
+    probes what the purifier does not declare (stochastic, differentiable; docs/audit.md);
     picks white-box or BPDA, with EOT for a random purifier
     (:func:`aepurify.attacks.plan_threat_models`); runs the attack suite of ``version``
     (:mod:`aepurify.audit.suite`: ``quick``, ``standard``, ``thorough``) through the same run
     stage as ``evaluate``; judges a random purifier by N-evaluation; runs the gradient-masking
-    checks; takes the per-example worst case.
+    checks; takes the per-example worst case. As AutoAttack does (Croce and Hein, ICML 2020),
+    the attacks after the rows the checks compare run only on the examples every earlier attack
+    left correct (for a random purifier: correct in all ``n_eval`` evaluations), and the result
+    gives robust accuracy after each attack, cumulatively.
 
     Args:
         classifier: an ``nn.Module`` (or callable) mapping images (N, C, H, W) in [0, 1] to
@@ -94,6 +96,9 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
             channels-last input with ``view``), ``auto`` or ``bf16`` (bf16 autocast and
             channels-last input, 2 to 4 times faster for conv nets on a CPU with bf16 units or
             a GPU). Verdicts run in fp32 either way.
+        attack_what_stands: attack only what still stands (above); False runs every attack on
+            every example (the same robust accuracy, up to the attacks' own randomness, at more
+            cost).
 
     Returns:
         :class:`~aepurify.audit.AuditResult`.
@@ -115,7 +120,8 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         inputs = prepare_inputs(classifier, purifier, x, y, dev, seed)
         return _run(inputs, folder, norm=norm, eps=eps, version=version, n_eval=n_eval,
                     seed=seed, batch_size=batch_size, dataset=dataset, classes=classes,
-                    keep=out is not None, device=dev, precision=resolved)
+                    keep=out is not None, device=dev, precision=resolved,
+                    what_stands=attack_what_stands)
 
 
 @contextlib.contextmanager
@@ -146,7 +152,7 @@ def _check_options(norm: str, eps: float, version: str, n_eval: int | None,
 def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: str,
          n_eval: int | None, seed: int, batch_size: int | None, dataset: str,
          classes: Sequence[str] | None, keep: bool, device: torch.device,
-         precision: str = "fp32") -> AuditResult:
+         precision: str = "fp32", what_stands: bool = True) -> AuditResult:
     n = int(inputs.x.shape[0])
     stochastic = bool(inputs.purifier.stochastic)
     evals = (n_eval or default_n_eval(True)) if stochastic else 1
@@ -171,7 +177,8 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
     if not inputs.undefended:
         reference = DefenseKeys(dataset, seed, inputs.classifier_label, inputs.classifier_key,
                                 CLEAN, "none", precision=precision)
-    plan = plan_cells(version, norm, eps, n, keys, inputs.purifier, gradient, reference)
+    plan = plan_cells(version, norm, eps, n, keys, inputs.purifier, gradient, reference,
+                      what_stands)
     purifiers = {(inputs.classifier_label, inputs.purifier_label): inputs.purifier}
     if reference is not None:
         purifiers[(inputs.classifier_label, CLEAN)] = create_purifier("none").to(device).eval()
@@ -182,9 +189,16 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
                     precision=precision)
     inputs.purifier.set_precision(precision)
     seed_everything(seed)
+    if any(c.after for c in plan.cells):
+        plan_lines.append("order: " + ", ".join(sorted({c.attack.label for c in plan.cells
+                                                        if c.after and c.attack})) +
+                          " attack only the examples every earlier attack left correct"
+                          + (f" (all {evals} evaluations)" if evals > 1 else "") +
+                          ", as AutoAttack does")
     record = _record(inputs, dataset, version, norm, eps, n, evals, seed, device, plan_lines,
                      plan.skipped)
     record["precision"] = precision
+    record["config"]["audit"]["attack_what_stands"] = what_stands
     with ResultStore(folder / "results.db") as store:
         failed = run_cells(work, store, errors_log=folder / "errors.log")
         rows = finished_rows(store, plan.cells)
@@ -199,7 +213,7 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
     for c in checks:
         reason = not_run_reason(version, c.check)
         if reason is not None:
-            c.detail, c.passed = reason, None
+            c.detail, c.passed, c.finding = reason, None, ""
     result = _result(inputs, rows, summary, checks, record, version=version, norm=norm, eps=eps,
                      n=n, n_eval=evals, seed=seed, device=device, plan_lines=plan_lines,
                      threat_models=plan.threat_models)
@@ -253,18 +267,24 @@ def _result(inputs: AuditInputs, rows: list, summary: list, checks: list, record
             for r in attack_rows:
                 survive &= rule_correct(r.correct, r.details, rule)[:n]
             by_rule[rule] = float(survive.mean())
-    order = sorted(rows, key=lambda r: r.purifier != label)
+    order = sorted(rows, key=lambda r: r.purifier != label)  # stable: run order within
+    still = np.ones(n, dtype=bool)  # what every attack so far at eps left correct
     per_attack = []
     for r in order:
         rec = r.csv_record()
         if "n_eval" in r.details:
             rec.update({k: r.details[k] for k in ("n_eval", "majority_vote", "single_draw")})
+        if r.purifier == label and r.attack != CLEAN and eps_key(r.eps) == eps_key(eps):
+            still &= r.correct[:n]
+            rec["robust_after"] = float(still.mean())
+        if "attacked" in r.details:
+            rec["attacked"] = r.details["attacked"]
         per_attack.append(rec)
     gray = line.graybox_robust
     return AuditResult(
         clean_accuracy=clean_row.accuracy, graybox_accuracy=None if gray != gray else gray,
         robust_accuracy=line.adaptive_robust, per_attack=per_attack,
-        sanity=[SanityItem(c.check, c.passed, c.detail) for c in checks],
+        sanity=[SanityItem(c.check, c.passed, c.detail, c.finding) for c in checks],
         threat_models_used=threat_models, properties=inputs.properties, version=version,
         norm=norm, eps=eps, n=n, n_eval=n_eval, seed=seed, device=str(device), plan=plan_lines,
         classifier=inputs.classifier_label, purifier=label,

@@ -31,11 +31,14 @@ class SanityItem:
         name: the check (``large-eps``, ``more-iterations``, ``square-vs-gradient``, ...).
         passed: True, False, or None when it did not run (``detail`` says why).
         detail: the numbers behind the verdict.
+        finding: for a failed check a known mechanism explains, the explanation (not a bug);
+            empty otherwise (:mod:`aepurify.evaluation.findings`).
     """
 
     name: str
     passed: bool | None
     detail: str
+    finding: str = ""
 
 
 @dataclass
@@ -54,7 +57,11 @@ class AuditResult:
         robust_accuracy: per-example worst case over every attack and threat model run.
         per_attack: one dict per row as in results.csv (``dataset, classifier, purifier,
             threat_model, attack, norm, eps, n, accuracy, seconds``; random purifiers add
-            ``n_eval``, ``majority_vote``, ``single_draw``), the audited defense's rows first.
+            ``n_eval``, ``majority_vote``, ``single_draw``), the audited defense's rows first,
+            in run order; at the audit's budget ``robust_after``: the robust accuracy after
+            that attack and every earlier one (AutoAttack's cumulative figure); a row that
+            attacked only what earlier ones left correct adds ``attacked`` (how many), and its
+            ``accuracy`` is that cumulative figure.
         sanity: the gradient-masking checks.
         threat_models_used: resolved threat models of the audited defense's attack rows.
         properties: the purifier's declared and probed properties with their evidence (None for
@@ -109,6 +116,31 @@ class AuditResult:
         return AnalysisResult("Audit: what it picked and why", "\n".join(lines),
                               data={"plan": self.plan})
 
+    def _order_section(self) -> AnalysisResult:
+        from ..evaluation.formats import md_text
+
+        mine = [r for r in self.per_attack if r["purifier"] == self.purifier
+                and "robust_after" in r]
+        lines = ["The attacks at the audit's budget in the order they ran. AutoAttack's "
+                 "practice: the rows the sanity checks compare attack every example; each "
+                 "later attack (\\*) attacks only the examples every earlier one left correct"
+                 + (f" (for this random purifier: correct in all {self.n_eval} evaluations)"
+                    if self.n_eval > 1 else "") + ". *Robust after* is the fraction of the "
+                 f"{self.n} images still correct after that attack and every earlier one.", "",
+                 "| threat model / attack | accuracy (this attack) | attacked | robust after |",
+                 "|---|---:|---:|---:|"]
+        for r in mine:
+            follows = "attacked" in r
+            mark = "\\* " if follows else ""
+            own = "-" if follows else f"{r['accuracy']:.3f}"
+            attacked = r["attacked"] if follows else r["n"]
+            lines.append(f"| {mark}{md_text(r['threat_model'])} / {md_text(r['attack'])} | "
+                         f"{own} | {attacked} | {r['robust_after']:.3f} |")
+        return AnalysisResult("Audit: robust accuracy after each attack", "\n".join(lines),
+                              data={"order": [{k: r[k] for k in ("threat_model", "attack",
+                                                                  "robust_after")}
+                                              for r in mine]})
+
     def save(self, directory: str | Path) -> Path:
         """Write results.csv, summary.csv, sanity.csv, the figures, report.md and report.html
         (the files ``evaluate`` writes) into ``directory`` (created). Returns it.
@@ -117,7 +149,8 @@ class AuditResult:
             ConfigError: ``directory`` is a file, lies below one, or cannot be created."""
         out = make_folder(directory, "save():")
         write_report(out, self.rows, self.record, summary=self.summary,
-                     sanity=self.sanity_results, analyses=[self._plan_section()])
+                     sanity=self.sanity_results,
+                     analyses=[self._plan_section(), self._order_section()])
         return out
 
     def to_markdown(self) -> str:
@@ -125,7 +158,8 @@ class AuditResult:
         with tempfile.TemporaryDirectory(prefix="aepurify-audit-") as tmp:
             path = Path(tmp) / "report.md"
             write_markdown(path, self.rows, self.record, summary=self.summary,
-                           sanity=self.sanity_results, analyses=[self._plan_section()])
+                           sanity=self.sanity_results,
+                           analyses=[self._plan_section(), self._order_section()])
             return path.read_text()
 
     def __str__(self) -> str:
@@ -169,31 +203,50 @@ class AuditResult:
                *wrap(f"gray-box robust     {gray}", "  ", "                      "),
                f"  robust accuracy     {num(self.robust_accuracy)}  (per-example worst case "
                f"over {len([r for r in self.per_attack if r['purifier'] == self.purifier and r['attack'] != 'none'])} rows)"]
+        followed = any("attacked" in r for r in self.per_attack)
         if self.n_eval_accuracies:
             a = self.n_eval_accuracies
+            bound = " (upper bounds: later attacks skip what all-of-n already broke)" \
+                if followed else ""
             out += wrap(f"robust accuracy by rule: all-of-{self.n_eval} "
                         f"{num(a.get('all_of_n'))}, majority vote {num(a.get('majority_vote'))}, "
-                        f"single draw {num(a.get('single_draw'))}", "  ")
-        out.append("per attack (threat model / attack: accuracy):")
+                        f"single draw {num(a.get('single_draw'))}{bound}", "  ")
+        out += wrap("per attack, in run order (threat model / attack: its accuracy; after: "
+                    "robust accuracy after it and every earlier attack; * attacked only what "
+                    "still stood, as AutoAttack does):" if followed else
+                    "per attack (threat model / attack: accuracy):")
         for r in self.per_attack:
             if r["purifier"] != self.purifier or r["attack"] == "none":
                 continue
             extra = ""
-            if "single_draw" in r:
+            if "single_draw" in r and "attacked" not in r:
                 extra = f" (1 draw {num(r['single_draw'])}, majority {num(r['majority_vote'])})"
-            out += wrap(f"{r['threat_model']} / {r['attack']} eps {fmt_eps(r['eps'])}: "
-                        f"{num(r['accuracy'])}{extra}", "  ")
+            head = f"{r['threat_model']} / {r['attack']} eps {fmt_eps(r['eps'])}:"
+            if "attacked" in r:
+                line = f"* {head} after {num(r['robust_after'])} (attacked {r['attacked']})"
+            elif followed and "robust_after" in r:
+                line = f"{head} {num(r['accuracy'])}{extra}, after {num(r['robust_after'])}"
+            else:
+                line = f"{head} {num(r['accuracy'])}{extra}"
+            out += wrap(line, "  ")
         ran = [s for s in self.sanity if s.passed is not None]
-        failed = [s for s in self.sanity if s.passed is False]
+        failed = [s for s in self.sanity if s.passed is False and not s.finding]
+        findings = [s for s in self.sanity if s.passed is False and s.finding]
         if not ran:
             out.append("sanity checks: none ran" + (" (the quick version runs few; standard runs "
                                                     "them)" if self.version == "quick" else ""))
             return out + self._report_lines(wrap)
-        out.append(f"sanity checks: {len(ran) - len(failed)} passed, {len(failed)} failed, "
-                   f"{len(self.sanity) - len(ran)} not run")
+        counts = f"sanity checks: {len(ran) - len(failed) - len(findings)} passed, " \
+                 f"{len(failed)} failed, "
+        if findings:
+            counts += f"{len(findings)} failed as findings (explained, not bugs), "
+        out += wrap(counts + f"{len(self.sanity) - len(ran)} not run")
         for s in self.sanity:
             mark = {True: "ok", False: "FAILED", None: "not run"}[s.passed]
-            out += wrap(f"{mark} {s.name}: {s.detail}", "  ")
+            if s.passed is False and s.finding:
+                out += wrap(f"finding {s.name}: {s.detail}; {s.finding}", "  ")
+            else:
+                out += wrap(f"{mark} {s.name}: {s.detail}", "  ")
         return out + self._report_lines(wrap)
 
     def _report_lines(self, wrap: Any) -> list[str]:

@@ -10,6 +10,13 @@ EOT draws per gradient for a random purifier: the purifier's own default in ``qu
 ``standard`` (AutoAttack's ``rand`` version), 40 in ``thorough``. The attacks are AutoAttack's
 components from torchattacks with AutoAttack's settings (Croce and Hein, ICML 2020); the sanity
 attacks are those of :mod:`aepurify.evaluation.sanity` (Carlini et al. 2019).
+
+Attack only what still stands (AutoAttack's order): the rows the checks compare run on every
+example (PGD-20 under every threat model, the gray-box rows, the sanity PGDs), first; then the
+AutoAttack components (APGD-CE, APGD-T or APGD-DLR, PGD-100x2, Square last) each attack only
+the examples every earlier row of the audited defense left correct (for a random purifier:
+correct in all n evaluations), so their rows hold the robust accuracy after them, cumulatively
+(:func:`aepurify.evaluation.cells.attack_what_stands`).
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ from typing import Any
 
 from ..attacks import check_attack, resolve_threat_model
 from ..errors import ConfigError, NotApplicableError
-from ..evaluation.cells import AttackSpec, Cell, DefenseKeys, order_cells
+from ..evaluation.cells import AttackSpec, Cell, DefenseKeys, attack_what_stands, order_cells
 from ..evaluation.config import SanitySettings
-from ..evaluation.store import CLEAN, SANITY_PREFIX
+from ..evaluation.store import CLEAN, SANITY_PREFIX, eps_key
 from ..purifiers import Purifier
 
 VERSIONS = ("quick", "standard", "thorough")
@@ -41,11 +48,14 @@ class SuiteAttack:
         under: ``gradient`` (every gradient threat model the plan picked), ``strongest`` (the
             first of them), ``gray-box`` or ``black-box``.
         large_eps: also run at the large-eps check's budget.
+        follows: attacks only what every earlier row left correct (its gray-box rows, which
+            the gray-box figure and the checks read, and the large-eps row stay whole).
     """
 
     spec: AttackSpec
     under: str
     large_eps: bool = False
+    follows: bool = False
 
 
 def check_version(version: str) -> str:
@@ -61,27 +71,31 @@ def suite(version: str, norm: str, stochastic: bool) -> list[SuiteAttack]:
     out: list[SuiteAttack] = []
 
     def add(name: str, label: str, under: str, params: dict[str, Any] | None = None,
-            restarts: int = 1, large_eps: bool = False) -> None:
+            restarts: int = 1, large_eps: bool = False, follows: bool = False) -> None:
         out.append(SuiteAttack(AttackSpec(name, label, norm, params or {}, restarts, len(out)),
-                               under, large_eps))
+                               under, large_eps, follows))
 
-    thorough = version == "thorough"
-    add("pgd", "pgd", "gradient", {"steps": 20})
-    add("apgd-ce", "apgd-ce", "gradient", {"n_restarts": 5} if thorough else {})
-    if version == "quick":
-        return out
-    if stochastic:
-        add("apgd-dlr", "apgd-dlr", "strongest")
-    else:
-        add("apgd-t", "apgd-t", "strongest", {"n_target_classes": 9})
-    add("square", "square", "black-box", {"n_queries": SQUARE_QUERIES})
+    thorough, quick = version == "thorough", version == "quick"
     few, many = SANITY_STEPS
-    add("pgd", f"{SANITY_PREFIX}pgd-{few}", "strongest", {"steps": few})
-    add("pgd", f"{SANITY_PREFIX}pgd-{many}", "strongest", {"steps": many}, large_eps=thorough)
+    # whole rows first: what the checks compare, and the first attack of AutoAttack's order
+    add("pgd", "pgd", "gradient", {"steps": 20})
+    if not quick:
+        add("pgd", f"{SANITY_PREFIX}pgd-{few}", "strongest", {"steps": few})
+        add("pgd", f"{SANITY_PREFIX}pgd-{many}", "strongest", {"steps": many}, large_eps=thorough)
     if thorough:
-        add("pgd", "pgd-100x2", "gradient", {"steps": 100}, restarts=2)
         add("pgd", f"{SANITY_PREFIX}pgd-{few}x{SANITY_RESTARTS}", "strongest", {"steps": few},
             restarts=SANITY_RESTARTS)
+    # then each attack only on what still stands, Square (gradient-free) last, as AutoAttack
+    add("apgd-ce", "apgd-ce", "gradient", {"n_restarts": 5} if thorough else {}, follows=True)
+    if quick:
+        return out
+    if stochastic:
+        add("apgd-dlr", "apgd-dlr", "strongest", follows=True)
+    else:
+        add("apgd-t", "apgd-t", "strongest", {"n_target_classes": 9}, follows=True)
+    if thorough:
+        add("pgd", "pgd-100x2", "gradient", {"steps": 100}, restarts=2, follows=True)
+    add("square", "square", "black-box", {"n_queries": SQUARE_QUERIES}, follows=True)
     return out
 
 
@@ -127,7 +141,7 @@ class AuditPlan:
 
 def plan_cells(version: str, norm: str, eps: float, n: int, keys: DefenseKeys,
                purifier: Purifier, gradient_tms: list[str],
-               reference: DefenseKeys | None = None) -> AuditPlan:
+               reference: DefenseKeys | None = None, what_stands: bool = True) -> AuditPlan:
     """The cells of one audit.
 
     Args:
@@ -140,9 +154,12 @@ def plan_cells(version: str, norm: str, eps: float, n: int, keys: DefenseKeys,
             undefended classifier).
         reference: keys of the undefended classifier, whose clean row and gray-box rows (the
             same examples as the audited defense's gray-box rows) are added for reference.
+        what_stands: the attacks marked ``follows`` attack only what every earlier row left
+            correct (AutoAttack's order); False: every attack runs on every example.
     """
     eot = EOT_SAMPLES.get(version)
     plan = AuditPlan()
+    following: set[int] = set()  # ids of the cells that attack only what still stands
     plan.cells.append(keys.clean_cell(n))
     if reference is not None:
         plan.cells.append(reference.clean_cell(n))
@@ -166,11 +183,15 @@ def plan_cells(version: str, norm: str, eps: float, n: int, keys: DefenseKeys,
                 continue
             surrogate = purifier.surrogate_name() if tm.base == "bpda" else None
             for budget in budgets:
-                plan.cells.append(keys.attack_cell(tm, item.spec, budget, n, surrogate=surrogate))
+                cell = keys.attack_cell(tm, item.spec, budget, n, surrogate=surrogate)
+                plan.cells.append(cell)
+                if what_stands and item.follows and (tm.base != "gray-box" or undefended) \
+                        and eps_key(budget) == eps_key(eps):
+                    following.add(id(cell))
             if tm.name not in plan.threat_models:
                 plan.threat_models.append(tm.name)
             if reference is not None and tm.base == "gray-box":
                 for budget in budgets:
                     plan.cells.append(reference.attack_cell(tm, item.spec, budget, n))
-    plan.cells = order_cells(plan.cells)
+    plan.cells = attack_what_stands(order_cells(plan.cells), lambda c: id(c) in following)
     return plan

@@ -173,6 +173,11 @@ def audit(
     image_size: Annotated[int, typer.Option(help="Image side for an image folder.")] = 224,
     channels: Annotated[int, typer.Option(help="1 or 3 channels for an image folder.")] = 3,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per attack batch.")] = None,
+    attack_what_stands: Annotated[bool, typer.Option(
+        "--attack-what-stands/--attack-every-example",
+        help="As AutoAttack: the attacks after the rows the checks compare run only on the "
+             "examples every earlier attack left correct (the default); or run every attack "
+             "on every example.")] = True,
     seed: int = 0, data_dir: DataDir = None, device: Device = "auto",
 ) -> None:
     """Audit a purifier in front of a classifier: every threat model that applies, the attacks
@@ -199,7 +204,7 @@ def audit(
         result = run_audit(clf, pur, x, y, norm=norm, eps=budget, version=version,
                            n_eval=n_eval, out=out, device=device, seed=seed,
                            batch_size=batch_size, dataset=test.name,
-                           classes=list(test.classes))
+                           classes=list(test.classes), attack_what_stands=attack_what_stands)
     except KeyboardInterrupt:  # typer would turn it into a silent exit 130
         console.print(INTERRUPTED if out is not None else "interrupted", highlight=False)
         raise typer.Exit(130) from None

@@ -10,6 +10,8 @@ run order with :func:`order_cells`; the run stage takes any list of them.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +61,9 @@ class Cell:
         details: facts recorded with the row.
         n_eval: evaluations of every example for the verdict (N-evaluation): above 1 only for a
             random purifier, whose example then counts as correct only if every evaluation is.
+        after: keys of earlier rows of the same defense and budget: the cell attacks only the
+            examples every one of them left correct and counts the others as broken
+            (AutoAttack's order, :func:`attack_what_stands`); empty: every example.
     """
 
     classifier: str
@@ -71,6 +76,7 @@ class Cell:
     spec_hash: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     n_eval: int = 1
+    after: tuple[tuple, ...] = ()
 
     @property
     def attack_index(self) -> int:
@@ -79,8 +85,10 @@ class Cell:
 
     @property
     def shared(self) -> bool:
-        """Crafted without the purifier (gray-box, transfer): shared across purifiers."""
-        return self.threat_model is not None and not self.threat_model.uses_purifier_gradients
+        """Crafted without the purifier (gray-box, transfer) on every example: shared across
+        purifiers (a cell that attacks only what earlier rows left crafts its own)."""
+        return self.threat_model is not None and not self.threat_model.uses_purifier_gradients \
+            and not self.after
 
     @property
     def craft_owner(self) -> tuple[str, str]:
@@ -148,7 +156,8 @@ class DefenseKeys:
             surrogate: name of the purifier's BPDA surrogate (recorded for bpda rows).
             source_key: model key of the transfer source (hashed into transfer rows).
         """
-        details = {"attack_params": attack.params, "restarts": attack.restarts,
+        details = {"attack": attack.name, "attack_params": attack.params,
+                   "restarts": attack.restarts,
                    "eot_samples": tm.eot_samples if tm.eot else None,
                    "surrogate": surrogate if tm.base == "bpda" else None}
         cell = Cell(self.classifier, self.purifier, tm, attack, eps, n, details=details,
@@ -181,3 +190,33 @@ def order_cells(cells: list[Cell]) -> list[Cell]:
         raise ConfigError("two cells of the grid share a row key; give attacks distinct labels "
                           "or restrict them to distinct purifiers")
     return ordered
+
+
+def attack_what_stands(cells: list[Cell], follows: Callable[[Cell], bool]) -> list[Cell]:
+    """AutoAttack's practice (Croce and Hein, ICML 2020): each attack runs only on the
+    examples that every earlier attack left correct. Every attack cell for which ``follows``
+    is true gets as ``after`` the keys of all attack cells before it in ``cells`` (run order)
+    of the same classifier, purifier, norm and budget, on at least as many images; its row
+    then holds the robust accuracy after it and every earlier attack (cumulative), and its
+    hash those of the rows it follows. Cells that do not follow stay whole (every example).
+
+    Args:
+        cells: the planned cells, in run order (after :func:`order_cells`).
+        follows: which cells attack only what still stands.
+
+    Returns:
+        ``cells``, changed in place.
+    """
+    earlier: dict[tuple, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        if cell.attack is None:
+            continue
+        before = earlier[(cell.classifier, cell.purifier, cell.attack.norm, eps_key(cell.eps))]
+        prior = [c for c in before if c.n >= cell.n]
+        if follows(cell) and prior:
+            cell.after = tuple(c.key for c in prior)
+            cell.spec_hash = stable_hash({"cell": cell.spec_hash,
+                                          "after": [c.spec_hash for c in prior]})
+            cell.details["after"] = [f"{c.key[3]} / {c.key[4]}" for c in prior]
+        before.append(cell)
+    return cells

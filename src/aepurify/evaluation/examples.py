@@ -26,7 +26,8 @@ def pick_rows(rows: list[ResultRow]) -> dict[tuple[str, str], ResultRow]:
     """Per (classifier, purifier): the lowest-accuracy attack row at the largest budget of the
     first norm (sanity rows excluded)."""
     picked: dict[tuple[str, str], ResultRow] = {}
-    attack_rows = [r for r in rows if r.attack != CLEAN and not r.attack.startswith(SANITY_PREFIX)]
+    attack_rows = [r for r in rows if r.attack != CLEAN and not r.attack.startswith(SANITY_PREFIX)
+                   and not r.details.get("after")]  # rows of every example, with their images
     if not attack_rows:
         return picked
     norm = attack_rows[0].norm

@@ -137,7 +137,7 @@ def run_cells(work: Workload, store: ResultStore, cells: list[Cell] | None = Non
     shared = _SharedCrafts()
     for cell in progress(todo, desc="evaluate", total=len(todo), leave=True, unit="row"):
         try:
-            row, worst = compute_cell(work, cell, shared)
+            row, worst = compute_cell(work, cell, shared, standing(store, cell))
         except Exception as exc:  # noqa: BLE001 - recorded, reported, retried on the next run
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             label = " ".join(str(k) for k in cell.key)
@@ -180,13 +180,39 @@ class _SharedCrafts:
             self.group = group
 
 
-def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
-                 ) -> tuple[ResultRow, torch.Tensor | None]:
+def standing(store: ResultStore, cell: Cell) -> np.ndarray | None:
+    """For a cell that attacks only what still stands (``cell.after``): which of its ``n``
+    examples every earlier row it follows left correct, (n,) bool; None for a whole cell.
+
+    Raises:
+        RuntimeError: a row it follows is missing (it failed in this run): the cell fails too,
+            and a rerun retries both in order.
+    """
+    if not cell.after:
+        return None
+    rows = store.rows(cell.after)
+    if len(rows) < len(cell.after):
+        raise RuntimeError(f"{len(cell.after) - len(rows)} earlier row(s) it follows failed "
+                           "(it attacks only what they left correct); a rerun retries them")
+    alive = np.ones(cell.n, dtype=bool)
+    for row in rows:
+        alive &= row.correct[:cell.n]
+    return alive
+
+
+def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None,
+                 alive: np.ndarray | None = None) -> tuple[ResultRow, torch.Tensor | None]:
     """One row: clean accuracy, or the cell's attack (crafted once per owner and shared, see
     :class:`Cell`) evaluated per restart with the per-example worst case.
 
+    Args:
+        alive: for a cell that follows earlier rows (:func:`standing`), the examples (n,) bool
+            they left correct: only those are attacked, the rest count as broken, and the row
+            records ``attacked`` (how many were).
+
     Returns:
-        The row and the worst adversarial images (n, C, H, W) in [0, 1] (None for a clean row).
+        The row and the worst adversarial images (n, C, H, W) in [0, 1] (None for a clean row
+        and for a row that attacked only some examples).
     """
     shared = shared if shared is not None else _SharedCrafts()
     x, y = work.x[:cell.n], work.y[:cell.n]
@@ -198,6 +224,21 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
         correct, verdict = _classify(work, cell, defended, x, y, derive_seed(work.seed, "eval",
                                                                              cell.key))
         seconds = time.perf_counter() - start
+    elif alive is not None:
+        correct, verdict = np.zeros(cell.n, dtype=bool), None
+        index = np.flatnonzero(alive)
+        details["attacked"] = int(index.size)
+        if index.size:
+            pick = torch.from_numpy(index).to(x.device)
+            advs, _ = craft_cell(work, cell, defended, x[pick], y[pick])
+            ok, verdict, kept = _worst_of_restarts(work, cell, defended, advs, y[pick])
+            correct[index] = ok
+            verdict = verdict.spread(index, cell.n) if verdict is not None else None
+            details.update(perturbation_size(x[pick], kept))
+        elif cell.n_eval > 1:  # nothing left to attack: the rules' verdicts say so too
+            empty = np.zeros(0, dtype=bool)
+            verdict = Verdict(cell.n_eval, empty, empty, empty).spread(index, cell.n)
+        seconds = time.perf_counter() - start
     else:
         shared.enter((cell.attack_index, eps_key(cell.eps)))
         owner = (cell.threat_model.base, *cell.craft_owner)  # type: ignore[union-attr]
@@ -208,16 +249,7 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
             if cell.shared:
                 shared.by_owner[owner] = (advs, craft_seconds)
         eval_start = time.perf_counter()
-        correct = np.ones(cell.n, dtype=bool)
-        worst = advs[-1].clone()
-        verdict = None
-        for r, x_adv in enumerate(advs):
-            ok, v = _classify(work, cell, defended, x_adv, y,
-                              derive_seed(work.seed, "eval", cell.key, r))
-            verdict = v if verdict is None or v is None else verdict & v
-            newly_broken = torch.from_numpy(correct & ~ok).to(worst.device)
-            worst[newly_broken] = x_adv[newly_broken]
-            correct &= ok
+        correct, verdict, worst = _worst_of_restarts(work, cell, defended, advs, y)
         details.update(perturbation_size(x, worst))
         seconds = craft_seconds + time.perf_counter() - eval_start
     if verdict is not None:
@@ -226,6 +258,25 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
     row = ResultRow(*c[:6], eps=c[6], n=len(correct), accuracy=float(correct.mean()),
                     seconds=seconds, correct=correct, spec_hash=cell.spec_hash, details=details)
     return row, worst
+
+
+def _worst_of_restarts(work: Workload, cell: Cell, defended: DefendedClassifier,
+                       advs: list[torch.Tensor], y: torch.Tensor
+                       ) -> tuple[np.ndarray, Verdict | None, torch.Tensor]:
+    """Classify each restart's adversarial images and keep the per-example worst case: which
+    examples (k,) survive every restart, their verdict (a random purifier), and per example the
+    images of the first restart that broke it (else the last restart's)."""
+    correct = np.ones(y.shape[0], dtype=bool)
+    worst = advs[-1].clone()
+    verdict = None
+    for r, x_adv in enumerate(advs):
+        ok, v = _classify(work, cell, defended, x_adv, y,
+                          derive_seed(work.seed, "eval", cell.key, r))
+        verdict = v if verdict is None or v is None else verdict & v
+        newly_broken = torch.from_numpy(correct & ~ok).to(worst.device)
+        worst[newly_broken] = x_adv[newly_broken]
+        correct &= ok
+    return correct, verdict, worst
 
 
 def _classify(work: Workload, cell: Cell, defended: DefendedClassifier, x: torch.Tensor,

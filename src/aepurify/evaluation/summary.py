@@ -41,7 +41,8 @@ class SummaryRow:
         clean: clean accuracy on those images.
         graybox_robust: per-example worst case over the gray-box rows (NaN if none).
         adaptive_robust: per-example worst case over every row.
-        worst_attack: the single row (``threat model / attack``) with the lowest accuracy.
+        worst_attack: the single row (``threat model / attack``) with the lowest accuracy, among
+            the rows that attacked every example.
         worst_accuracy: that row's accuracy on the n images.
         attacks: how many rows were combined.
         n_eval: evaluations per example of a random purifier's rows (N-evaluation; 1 for a
@@ -89,7 +90,10 @@ def summarize(rows: list[ResultRow]) -> list[SummaryRow]:
         survive_all = np.ones(n, dtype=bool)
         survive_gray = np.ones(n, dtype=bool)
         has_gray = False
-        worst = min(group, key=lambda r: r.correct[:n].mean())
+        # the strongest single attack among the rows that attacked every example (a row that
+        # attacked only what earlier ones left holds a cumulative figure, not its own)
+        worst = min([r for r in group if not r.details.get("after")] or group,
+                    key=lambda r: r.correct[:n].mean())
         for r in group:
             survive_all &= r.correct[:n]
             if r.threat_model == "gray-box":

@@ -1,4 +1,4 @@
-"""The verdict of a row of a random purifier: N-evaluation (METHODS.md, "Judging random defenses").
+"""The verdict of a row of a random purifier: N-evaluation (docs/methods.md, "Judging random defenses").
 
 A random purifier classified once per example overstates robustness (AutoAttack PR #105): a
 lucky draw counts as robust. The run stage therefore classifies every example of a random
@@ -54,6 +54,20 @@ class Verdict:
         return Verdict(self.n_eval, self.all_of_n & other.all_of_n,
                        self.majority_vote & other.majority_vote,
                        self.single_draw & other.single_draw)
+
+    def spread(self, index: np.ndarray, n: int) -> Verdict:
+        """This verdict of examples ``index`` (k,) spread over all n examples of a row that
+        attacked only them (the others were already broken by all-of-n, so AutoAttack's order
+        skipped them): all-of-n false elsewhere; majority vote and single draw true elsewhere,
+        as this attack did not break those examples by either rule (an earlier one may not
+        have either, so the worst case under those rules is an upper bound)."""
+        out = []
+        for values, fill in ((self.all_of_n, False), (self.majority_vote, True),
+                             (self.single_draw, True)):
+            full = np.full(n, fill, dtype=bool)
+            full[index] = values
+            out.append(full)
+        return Verdict(self.n_eval, *out)
 
     def details(self) -> dict[str, Any]:
         """What a row records: ``n_eval``, the three accuracies, and the single-draw and
