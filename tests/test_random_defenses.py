@@ -1,5 +1,5 @@
 """Random defenses judged honestly: replayable randomness, the fixed-randomness threat model and
-N-evaluation (METHODS.md, "Judging random defenses")."""
+N-evaluation (docs/methods.md, "Judging random defenses")."""
 
 from __future__ import annotations
 

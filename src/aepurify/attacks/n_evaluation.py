@@ -1,4 +1,4 @@
-"""N-evaluation: judge adversarial examples on a random defense over several draws (METHODS.md,
+"""N-evaluation: judge adversarial examples on a random defense over several draws (docs/methods.md,
 "Judging random defenses").
 
 A random purifier evaluated once per example overstates robustness: a lucky draw that

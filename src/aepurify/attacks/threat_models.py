@@ -1,4 +1,4 @@
-"""Threat models: what the attacker may differentiate (METHODS.md, "Conventions").
+"""Threat models: what the attacker may differentiate (docs/methods.md, "Threat models").
 
 A threat model turns a defended classifier into the module an attack differentiates; the
 adversarial examples are always *evaluated* on the real defended classifier.

@@ -1,4 +1,4 @@
-"""LeNet-style classifier of the feature-loss paper (Sivamani, seed 001, METHODS.md):
+"""LeNet-style classifier of the feature-loss paper (Sivamani, arXiv 1912.04497; docs/methods.md):
 conv 20@5x5, max-pool 2, conv 50@5x5, max-pool 2, fc 500, fc num_classes (ReLU)."""
 
 from __future__ import annotations

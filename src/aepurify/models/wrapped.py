@@ -1,4 +1,4 @@
-"""Bring your own classifier (DESIGN.md, "Bringing your own defense"): any module that maps images
+"""Bring your own classifier (docs/audit.md): any module that maps images
 to logits, wrapped so that aepurify's attacks, threat models and reports can use it.
 
 :func:`as_classifier` puts the normalisation inside the module (attacks see pixels in [0, 1]),

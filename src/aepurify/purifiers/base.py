@@ -1,4 +1,4 @@
-"""The purifier contract and the defended classifier (DESIGN.md, "Core interfaces").
+"""The purifier contract and the defended classifier (docs/methods.md, "Core interfaces").
 
 A purifier maps images (N, C, H, W) in [0, 1] to purified images of the same shape in [0, 1].
 It declares how an attacker may differentiate it:

@@ -1,4 +1,4 @@
-"""Bring your own purifier (DESIGN.md, "Bringing your own defense"): any callable that maps images
+"""Bring your own purifier (docs/audit.md): any callable that maps images
 to images, as a :class:`~aepurify.purifiers.base.Purifier` the threat models can attack.
 
 What the caller does not declare (``differentiable``, ``stochastic``: None) stays unknown until
