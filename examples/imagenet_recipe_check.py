@@ -13,7 +13,7 @@ for example the reformer of papers/apudae-imagenet:
         '{"in_channels": 3, "pool": false, "filters": 16, "residual": true, "noise_std": 0.025}' \\
         '{"epochs": 2, "batch_size": 64, "lr": 0.003, "schedule": "cosine", "data": {"kind":
           "crops", "source": "cifar10-jpeg", "size": 32, "scales": [1, 2, 4], "count": 16000}}' \\
-        ../shared/data
+        DATA
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from aepurify.purifiers import DefendedClassifier
 from aepurify.training import TrainSettings, get_classifier, get_purifier
 
 
-def main(name: str, params: str, train: str, data_dir: str = "../shared/data") -> None:
+def main(name: str, params: str, train: str, data_dir: str | None = None) -> None:
     torch.manual_seed(0)
     classifier = get_classifier("efficientnet-lite0", "imagenet-samples")
     start = time.time()

@@ -91,7 +91,7 @@ for _spec in (
     DataSetSpec(
         name="cifar10-jpeg", image_shape=(3, 32, 32), num_classes=10,
         files={"train": (cifar10.JPEG_FILE,), "test": (cifar10.JPEG_FILE,)},
-        urls={},  # not downloadable: a local copy only (../shared/data)
+        urls={},  # not downloadable: a local copy only (a data folder that holds it)
         read=lambda split, root: cifar10.load_cifar10_jpeg(split, root / cifar10.JPEG_FILE),
         mean=cifar10.MEAN, std=cifar10.STD,
         note="CIFAR-10 (JPEG copy): lossy pixels, not comparable to published CIFAR-10 numbers",

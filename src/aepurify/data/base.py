@@ -3,9 +3,9 @@
 Resolution order for the folder that holds the data files: the ``--data-dir`` flag (the
 ``data_dir`` argument), then the ``AEPURIFY_DATA`` environment variable, then a cache folder
 (``$AEPURIFY_CACHE/data``, default ``~/.cache/aepurify/data``). Inside that folder each data set
-has the layout of ``../shared/data``: ``mnist/``, ``fashion-mnist/``, ``cifar-10-python.tar.gz``,
-``cifar10-jpeg.tar.gz``. Without an explicit folder, MNIST falls back to the copy embedded in the
-project, so the demo needs neither network nor setup.
+has this layout: ``mnist/`` and ``fashion-mnist/`` (the canonical IDX gzip files),
+``cifar-10-python.tar.gz``, ``cifar10-jpeg.tar.gz``. Without an explicit folder, MNIST falls
+back to the copy embedded in the project, so the demo needs neither network nor setup.
 """
 
 from __future__ import annotations

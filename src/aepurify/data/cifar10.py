@@ -1,4 +1,4 @@
-"""CIFAR-10: the official python format and the JPEG re-encoded copy of ``../shared/data``.
+"""CIFAR-10: the official python format and a JPEG re-encoded copy (``cifar10-jpeg.tar.gz``).
 
 The official ``cifar-10-python.tar.gz`` holds pickled batches. Its md5 is verified before a byte
 of it is unpickled, and the unpickler only accepts the few numpy names the batches use, so even a

@@ -1,7 +1,7 @@
 """MNIST and Fashion-MNIST in the canonical IDX gzip format.
 
-Checksums are verified on the decompressed bytes (md5): the canonical mirrors and the copies in
-``../shared/data`` were compressed differently, but the raw IDX bytes are the same.
+Checksums are verified on the decompressed bytes (md5): copies of the canonical files are often
+compressed differently (other gzip settings), but their raw IDX bytes are the same.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ FILES = {
 
 # md5 of the decompressed IDX files.
 RAW_MD5 = {
-    # canonical MNIST (also stated in ../shared/data/README.md)
+    # canonical MNIST
     "mnist": {
         "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
         "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
