@@ -177,10 +177,12 @@ def test_a_factory_that_raises_is_one_line(models_dir, tmp_path):
 def test_audit_command_matches_evaluate_on_a_checkpoint_and_a_registered_purifier(
         lenet_checkpoint, tmp_path):  # noqa: F811
     n = 60
+    # every attack on every example, as evaluate runs them (by default the audit's APGD-CE
+    # attacks only what PGD left, and its row holds the cumulative figure)
     proc = run_cli("audit", "--classifier", str(lenet_checkpoint), "--purifier", "bit-depth",
                    "--purifier-arg", "bits=2", "--data", "mnist", "--eps", "0.2", "--version",
                    "quick", "--n-test", str(n), "--out", str(tmp_path / "audit"), "--device",
-                   "cpu")
+                   "cpu", "--attack-every-example")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout and all(len(line) <= 80 for line in proc.stdout.splitlines())
     assert "bpda" in proc.stdout
