@@ -34,9 +34,8 @@ import torch
 
 import aepurify as ap
 from aepurify.data import load_dataset
-from aepurify.models import create_classifier
-from aepurify.training import TrainSettings, fit_classifier
-from aepurify.utils import seed_everything
+
+from audit_overhead import quick_lenet  # the same classifier, beside this script
 
 
 def art_purifier(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -76,11 +75,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    seed_everything(0)
-    model = create_classifier("lenet", dataset="mnist")
-    fit_classifier(model, load_dataset("mnist", "train"),
-                   TrainSettings(epochs=1, batch_size=64, max_images=2000))
-    model.eval()
+    model = quick_lenet()
     x, y = load_dataset("mnist", "test").tensors(slice(0, args.images))
     print(f"{args.images} MNIST images, LeNet, L-inf eps {args.eps:g}, version {args.version}, "
           f"{args.threads} threads, best of {args.repeats}")

@@ -9,26 +9,12 @@ from pathlib import Path
 import pytest
 
 from .test_cli import assert_one_line_error, run_cli
+from .test_probes import MY_MODELS
 
-MY_DEFENSES = '''
+# the user's classifier of tests/test_probes.py, and purifiers in each form
+MY_DEFENSES = MY_MODELS + '''
 import numpy as np
-import torch
-from torch import nn
 from art.defences.preprocessor import SpatialSmoothing
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(28 * 28, 10)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
-def net():
-    torch.manual_seed(0)
-    return Net()
 
 
 def quantize(x):
