@@ -10,6 +10,7 @@ section 5), run on the finished rows of a grid.
 | ``white-box-vs-gray-box`` | attacks that see the purifier are not weaker than gray-box or transfer attacks | the purifier's gradients (or surrogate) mislead the attacker |
 | ``white-box-vs-bpda`` | the exact gradient (white-box) is not weaker than BPDA's surrogate gradient on the same attack (only where both ran) | shattered gradients: the purifier's exact gradient is masked (Athalye et al. 2018) |
 | ``eot-samples`` | a random purifier was attacked with EOT over at least ``min_eot_samples`` draws | its robust accuracy is not adaptive yet |
+| ``detector-aware-vs-oblivious`` | on a defense that rejects, the detector-aware attack is not weaker than any detector-oblivious attack at the same budget (rejection counted as correct in both) | the detector-aware attack is not converging or its loss is wrong: the detection claim is not tested yet |
 
 Comparisons use the same images (the first n of both rows) and a tolerance. A failed check is
 written to ``sanity.csv`` and shown in the report with its numbers; a check that could not run
@@ -145,6 +146,7 @@ def run_checks(rows: list[ResultRow], settings: SanitySettings,
         if pur != CLEAN:
             _white_vs_gray(group, tol, result)
             _white_vs_bpda(group, tol, result)
+            _aware_vs_oblivious(group, tol, result)
             if stochastic.get(pur):
                 eot_rows = [r for r in group if r.threat_model.endswith("+eot")]
                 most = max((r.details.get("eot_samples") or 0 for r in eot_rows), default=0)
@@ -211,6 +213,35 @@ def _white_vs_bpda(group: list[ResultRow], tol: float, result: Any) -> None:
         result("white-box-vs-bpda", worst_gap <= tol,
                f"largest excess of the exact-gradient attack over BPDA: {worst_gap:+.3f} at "
                f"{worst_detail} ({compared} comparisons, tolerance {tol:g})")
+
+
+def _aware_vs_oblivious(group: list[ResultRow], tol: float, result: Any) -> None:
+    """On a defense that rejects, the detector-aware attack must not be weaker than the
+    detector-oblivious attacks (gray-box, white-box, ...): compared per (norm, eps) between the
+    strongest detector-aware row and every other row at that budget; no result where no
+    detector-aware row ran."""
+    budgets: dict[tuple[str, float], list[ResultRow]] = defaultdict(list)
+    for r in group:
+        budgets[(r.norm, eps_key(r.eps))].append(r)
+    worst_gap, worst_detail, compared = -1.0, "", 0
+    for (norm, eps), rows in budgets.items():
+        aware = [r for r in rows if r.threat_model.split("+")[0] == "detector-aware"]
+        blind = [r for r in rows if r.threat_model.split("+")[0] != "detector-aware"]
+        if not aware or not blind:
+            continue
+        strongest = min(aware, key=lambda r: r.accuracy)
+        for other in blind:
+            a_aware, a_blind, n = _pair(strongest, other)
+            compared += 1
+            if a_aware - a_blind > worst_gap:
+                worst_gap = a_aware - a_blind
+                worst_detail = (f"{norm} eps {eps:g}: {strongest.threat_model} "
+                                f"{strongest.attack} {a_aware:.3f} vs {other.threat_model} "
+                                f"{other.attack} {a_blind:.3f} (n={n})")
+    if compared:
+        result("detector-aware-vs-oblivious", worst_gap <= tol,
+               f"largest excess of the detector-aware attack over a detector-oblivious one: "
+               f"{worst_gap:+.3f} at {worst_detail} ({compared} comparisons, tolerance {tol:g})")
 
 
 def write_sanity_csv(results: list[SanityResult], path: Path) -> Path:
