@@ -34,11 +34,12 @@ from ..evaluation.sanity import run_checks
 from ..evaluation.store import CLEAN, ResultStore, eps_key
 from ..evaluation.summary import summarize
 from ..evaluation.verdicts import rule_correct
-from ..purifiers import Purifier, create_purifier
+from ..purifiers import Purifier, as_purifier, create_purifier
 from ..precision import resolve_precision
 from ..utils import pick_device, seed_everything
 from ..version import code_version
-from .inputs import AuditInputs, prepare_inputs
+from .detection import AuditDetectors, DetectorLike, prepare_detectors
+from .inputs import PROBE_IMAGES, AuditInputs, prepare_inputs
 from .result import AuditResult, SanityItem
 from .suite import EOT_SAMPLES, check_version, not_run_reason, plan_cells, sanity_settings
 
@@ -54,7 +55,10 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
           version: str = "standard", n_eval: int | None = None, out: str | Path | None = None,
           device: str = "auto", seed: int = 0, batch_size: int | None = None,
           dataset: str = "audit", classes: Sequence[str] | None = None,
-          precision: str = "fp32") -> AuditResult:
+          precision: str = "fp32",
+          detector: DetectorLike | Sequence[DetectorLike] | None = None,
+          calibration: torch.Tensor | None = None,
+          false_positive_rate: float = 0.001) -> AuditResult:
     """Audit a purifier in front of a classifier: attack it under every threat model that
     applies, with the attacks of ``version``, and report robust accuracy honestly.
 
@@ -66,7 +70,11 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     (:func:`aepurify.attacks.plan_threat_models`); runs the attack suite of ``version``
     (:mod:`aepurify.audit.suite`: ``quick``, ``standard``, ``thorough``) through the same run
     stage as ``evaluate``; judges a random purifier by N-evaluation; runs the gradient-masking
-    checks; takes the per-example worst case.
+    checks; takes the per-example worst case. With ``detector`` the defense can reject: every
+    row counts rejection MagNet's way (a rejected clean image is an error, a rejected
+    adversarial image is correct), the clean rejection rate is reported, and the
+    ``detector-aware`` threat model (orthogonal PGD, Bryniarski et al. 2022) joins the worst
+    case.
 
     Args:
         classifier: an ``nn.Module`` (or callable) mapping images (N, C, H, W) in [0, 1] to
@@ -94,6 +102,16 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
             channels-last input with ``view``), ``auto`` or ``bf16`` (bf16 autocast and
             channels-last input, 2 to 4 times faster for conv nets on a CPU with bf16 units or
             a GPU). Verdicts run in fp32 either way.
+        detector: a detector of the defense: any callable mapping images (N, C, H, W) in [0, 1]
+            to a score per image (N,) (higher: less like a clean image; torch operations, so the
+            detector-aware attack can differentiate it), a :class:`aepurify.detectors.Detector`
+            (MagNet's reconstruction-error or divergence detector), a ``DetectorSet``, or a list;
+            an input is rejected if any fires. With ``purifier=None`` the defense is the
+            detector alone.
+        calibration: clean held-out images (M, C, H, W) in [0, 1], not the audited ones, on
+            which each detector without a threshold gets one, before any attack.
+        false_positive_rate: the fraction of the calibration images each threshold rejects
+            (MagNet: 0.001; needs M >= 1 / rate).
 
     Returns:
         :class:`~aepurify.audit.AuditResult`.
@@ -103,19 +121,34 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
             [0, K).
         ConfigError: a classifier returning probabilities or not (N, K) logits; a purifier that
             changes the shape or returns values outside [0, 1]; a bad norm, eps, version,
-            n_eval, batch size or precision.
+            n_eval, batch size or precision; a detector without calibration images, or with too
+            few.
         OutputLockedError: another run writes to ``out``.
     """
     norm, eps, version = _check_options(norm, eps, version, n_eval, batch_size)
     dev = pick_device(device)
     resolved = resolve_precision(precision, dev)
+    if detector is not None and purifier is None:  # a detector alone: nothing reformed
+        purifier = as_purifier(_unchanged, differentiable=True, stochastic=False,
+                               name="detector-only")
     context = output_lock(out) if out is not None else _temporary_folder()
     with context as lock_or_tmp:
         folder = Path(out) if out is not None else Path(lock_or_tmp)
         inputs = prepare_inputs(classifier, purifier, x, y, dev, seed)
+        detectors = None
+        if detector is not None:
+            detectors = prepare_detectors(detector, calibration, false_positive_rate,
+                                          inputs.classifier, inputs.purifier,
+                                          inputs.x[:PROBE_IMAGES], dev,
+                                          batch_size or DEFAULT_BATCH)
         return _run(inputs, folder, norm=norm, eps=eps, version=version, n_eval=n_eval,
                     seed=seed, batch_size=batch_size, dataset=dataset, classes=classes,
-                    keep=out is not None, device=dev, precision=resolved)
+                    keep=out is not None, device=dev, precision=resolved, detectors=detectors)
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    """The images as they are: the purifier of a defense that only detects."""
+    return x
 
 
 @contextlib.contextmanager
@@ -146,7 +179,7 @@ def _check_options(norm: str, eps: float, version: str, n_eval: int | None,
 def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: str,
          n_eval: int | None, seed: int, batch_size: int | None, dataset: str,
          classes: Sequence[str] | None, keep: bool, device: torch.device,
-         precision: str = "fp32") -> AuditResult:
+         precision: str = "fp32", detectors: AuditDetectors | None = None) -> AuditResult:
     n = int(inputs.x.shape[0])
     stochastic = bool(inputs.purifier.stochastic)
     evals = (n_eval or default_n_eval(True)) if stochastic else 1
@@ -165,13 +198,19 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
         if stochastic:
             k = EOT_SAMPLES.get(version, inputs.purifier.default_eot_samples)
             plan_lines.append(f"eot: {k} draws per gradient ({version} version)")
+    aware = None
+    if detectors is not None:
+        plan_lines.append(detectors.why)
+        if detectors.differentiable:
+            aware = "detector-aware" + ("+eot" if stochastic else "")
     keys = DefenseKeys(dataset, seed, inputs.classifier_label, inputs.classifier_key,
-                       inputs.purifier_label, inputs.purifier_key, stochastic, evals, precision)
+                       inputs.purifier_label, inputs.purifier_key, stochastic, evals, precision,
+                       detectors_key=detectors.key if detectors is not None else None)
     reference = None
     if not inputs.undefended:
         reference = DefenseKeys(dataset, seed, inputs.classifier_label, inputs.classifier_key,
                                 CLEAN, "none", precision=precision)
-    plan = plan_cells(version, norm, eps, n, keys, inputs.purifier, gradient, reference)
+    plan = plan_cells(version, norm, eps, n, keys, inputs.purifier, gradient, reference, aware)
     purifiers = {(inputs.classifier_label, inputs.purifier_label): inputs.purifier}
     if reference is not None:
         purifiers[(inputs.classifier_label, CLEAN)] = create_purifier("none").to(device).eval()
@@ -180,11 +219,15 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
     work = Workload(inputs.x, inputs.y, names, {inputs.classifier_label: inputs.classifier},
                     purifiers, device, batch_size or min(n, DEFAULT_BATCH), seed, plan.cells,
                     precision=precision)
+    if detectors is not None:
+        work.detectors[(inputs.classifier_label, inputs.purifier_label)] = detectors.detectors
     inputs.purifier.set_precision(precision)
     seed_everything(seed)
     record = _record(inputs, dataset, version, norm, eps, n, evals, seed, device, plan_lines,
                      plan.skipped)
     record["precision"] = precision
+    if detectors is not None:
+        record["detectors"] = {inputs.purifier_label: detectors.calibration}
     with ResultStore(folder / "results.db") as store:
         failed = run_cells(work, store, errors_log=folder / "errors.log")
         rows = finished_rows(store, plan.cells)
@@ -269,4 +312,6 @@ def _result(inputs: AuditInputs, rows: list, summary: list, checks: list, record
         norm=norm, eps=eps, n=n, n_eval=n_eval, seed=seed, device=str(device), plan=plan_lines,
         classifier=inputs.classifier_label, purifier=label,
         num_classes=int(inputs.classifier.num_classes or 0), rows=rows, summary=summary,
-        sanity_results=checks, record=record, n_eval_accuracies=by_rule)
+        sanity_results=checks, record=record, n_eval_accuracies=by_rule,
+        clean_rejection_rate=None if line.clean_rejection_rate != line.clean_rejection_rate
+        else line.clean_rejection_rate)

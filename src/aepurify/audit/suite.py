@@ -6,6 +6,10 @@
 | ``standard`` | + APGD-T (9 target classes; deterministic purifier) or APGD-DLR (random purifier, as AutoAttack's ``rand`` version), the sanity PGD-10 / PGD-100 | Square (5,000 queries) under ``black-box``; PGD-20 and APGD-CE under ``gray-box`` for reference (also on the undefended classifier) |
 | ``thorough`` | + PGD-100 with 2 restarts, APGD-CE with 5 restarts, PGD-10 with 5 restarts, ``+fixed`` for a random purifier | the large-eps check (PGD-100 at L-inf 1 / L2 60) |
 
+With ``detector=`` (a defense that rejects) every version adds orthogonal PGD under the
+``detector-aware`` threat model (Bryniarski et al., ICLR 2022): 20 steps in ``quick``, 100 in
+``standard``, and in ``thorough`` 100 steps with 3 restarts from random starts.
+
 EOT draws per gradient for a random purifier: the purifier's own default in ``quick``, 20 in
 ``standard`` (AutoAttack's ``rand`` version), 40 in ``thorough``. The attacks are AutoAttack's
 components from torchattacks with AutoAttack's settings (Croce and Hein, ICML 2020); the sanity
@@ -39,7 +43,7 @@ class SuiteAttack:
     Attributes:
         spec: the attack as the run stage reads it.
         under: ``gradient`` (every gradient threat model the plan picked), ``strongest`` (the
-            first of them), ``gray-box`` or ``black-box``.
+            first of them), ``gray-box``, ``black-box`` or ``detector-aware``.
         large_eps: also run at the large-eps check's budget.
     """
 
@@ -55,8 +59,10 @@ def check_version(version: str) -> str:
     return version
 
 
-def suite(version: str, norm: str, stochastic: bool) -> list[SuiteAttack]:
-    """The attacks of ``version`` (see the module docstring), in run order."""
+def suite(version: str, norm: str, stochastic: bool,
+          detector_aware: bool = False) -> list[SuiteAttack]:
+    """The attacks of ``version`` (see the module docstring), in run order; ``detector_aware``
+    adds orthogonal PGD for a defense that rejects."""
     check_version(version)
     out: list[SuiteAttack] = []
 
@@ -68,6 +74,10 @@ def suite(version: str, norm: str, stochastic: bool) -> list[SuiteAttack]:
     thorough = version == "thorough"
     add("pgd", "pgd", "gradient", {"steps": 20})
     add("apgd-ce", "apgd-ce", "gradient", {"n_restarts": 5} if thorough else {})
+    if detector_aware:
+        add("pgd", "orthogonal-pgd", "detector-aware",
+            {"steps": 20 if version == "quick" else 100, "random_start": thorough},
+            restarts=3 if thorough else 1)
     if version == "quick":
         return out
     if stochastic:
@@ -127,7 +137,8 @@ class AuditPlan:
 
 def plan_cells(version: str, norm: str, eps: float, n: int, keys: DefenseKeys,
                purifier: Purifier, gradient_tms: list[str],
-               reference: DefenseKeys | None = None) -> AuditPlan:
+               reference: DefenseKeys | None = None, detector_aware: str | None = None
+               ) -> AuditPlan:
     """The cells of one audit.
 
     Args:
@@ -140,6 +151,8 @@ def plan_cells(version: str, norm: str, eps: float, n: int, keys: DefenseKeys,
             undefended classifier).
         reference: keys of the undefended classifier, whose clean row and gray-box rows (the
             same examples as the audited defense's gray-box rows) are added for reference.
+        detector_aware: the detector-aware threat model to run (``detector-aware``, with
+            ``+eot`` for a random purifier) for a defense that rejects; None: none.
     """
     eot = EOT_SAMPLES.get(version)
     plan = AuditPlan()
@@ -147,12 +160,13 @@ def plan_cells(version: str, norm: str, eps: float, n: int, keys: DefenseKeys,
     if reference is not None:
         plan.cells.append(reference.clean_cell(n))
     undefended = keys.purifier == CLEAN
-    for item in suite(version, norm, bool(purifier.stochastic)):
+    for item in suite(version, norm, bool(purifier.stochastic), detector_aware is not None):
         if undefended:
             names = ["black-box" if item.under == "black-box" else "gray-box"]
         else:
             names = {"gradient": gradient_tms, "strongest": gradient_tms[:1],
-                     "gray-box": ["gray-box"], "black-box": ["black-box"]}[item.under]
+                     "gray-box": ["gray-box"], "black-box": ["black-box"],
+                     "detector-aware": [detector_aware]}[item.under]
             if item.under == "gradient" and version != "quick":
                 names = [*names, "gray-box"]
         budgets = [eps, LARGE_EPS[norm]] if item.large_eps else [eps]
