@@ -25,12 +25,21 @@ if TYPE_CHECKING:
     from ..purifiers import Purifier
 
 
-def _check_autoencoder(autoencoder: Any, kind: str) -> None:
+def _checked(autoencoder: Any, kind: str, option: str, value: float) -> float:
+    """``value`` of the detector's positive ``option``, once the autoencoder has a
+    reconstruction error.
+
+    Raises:
+        ConfigError: an autoencoder without a reconstruction error, or ``value`` <= 0.
+    """
     if autoencoder is None or not getattr(autoencoder, "reconstructs", False):
         name = type(autoencoder).__name__ if autoencoder is not None else "nothing"
         raise ConfigError(f"a {kind} detector needs a purifier with a reconstruction error (an "
-                          f"autoencoder: magnet, apudae, feature-dae, hgd, vae, patch-vae, "
-                          f"s2snet); got {name}")
+                          f"autoencoder: magnet, magnet-pool, apudae, feature-dae, hgd, vae, "
+                          f"patch-vae, s2snet); got {name}")
+    if not value > 0:
+        raise ConfigError(f"the {kind} detector's {option} must be > 0; got {value}")
+    return float(value)
 
 
 class ReconstructionErrorDetector(Detector):
@@ -49,11 +58,9 @@ class ReconstructionErrorDetector(Detector):
     kind = "reconstruction"
 
     def __init__(self, autoencoder: Purifier, p: float = 1.0) -> None:
-        _check_autoencoder(autoencoder, "reconstruction-error")
-        if not p > 0:
-            raise ConfigError(f"the reconstruction detector's p must be > 0; got {p}")
+        p = _checked(autoencoder, "reconstruction-error", "p", p)
         super().__init__(autoencoder)
-        self.p = float(p)
+        self.p = p
 
     def score(self, views: Views) -> torch.Tensor:
         rec = views.reconstruction(self.autoencoder)
@@ -100,12 +107,9 @@ class DivergenceDetector(Detector):
     kind = "divergence"
 
     def __init__(self, autoencoder: Purifier, temperature: float = 1.0) -> None:
-        _check_autoencoder(autoencoder, "probability-divergence")
-        if not temperature > 0:
-            raise ConfigError(f"the divergence detector's temperature must be > 0; got "
-                              f"{temperature}")
+        temperature = _checked(autoencoder, "probability-divergence", "temperature", temperature)
         super().__init__(autoencoder)
-        self.temperature = float(temperature)
+        self.temperature = temperature
 
     def score(self, views: Views) -> torch.Tensor:
         return jensen_shannon(views.input_logits(), views.reconstruction_logits(self.autoencoder),

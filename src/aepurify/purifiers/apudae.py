@@ -164,10 +164,7 @@ class APuDAE(Purifier):
         """DAE(x) clipped to [0, 1]: (N, C, H, W) -> (N, C, H, W), differentiable."""
         return self.dae(x).clamp(0, 1)
 
-    def reconstruction(self, x: torch.Tensor) -> torch.Tensor:
-        """What a detector compares x with: the DAE's output (:meth:`reconstruct`), not the
-        refined image the classifier reads."""
-        return self.reconstruct(x)
+    reconstruction = reconstruct  # what a detector compares x with: DAE(x), not the refined x
 
     def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
         """r(x) = sum over pixels of (x - DAE(x))^2 per image, (N,) (the authors' ``rec_error``);
