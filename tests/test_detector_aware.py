@@ -29,11 +29,12 @@ from aepurify.utils import seed_everything
 
 @pytest.fixture(scope="module")
 def magnet_defense(mnist_train, tiny_lenet):
-    """A MagNet reformer trained 1 epoch on 8,000 images, with MagNet's L2 and L1 detectors
-    thresholded at 0.01 false positives on 1,000 training images it did not train on."""
+    """A MagNet reformer trained 1 epoch on 3,200 images (200 steps), with MagNet's L2 and L1
+    detectors thresholded at 0.01 false positives on 1,000 training images it did not train
+    on."""
     seed_everything(0)
     magnet = create_purifier("magnet", "mnist")
-    magnet.fit(mnist_train, TrainSettings(epochs=1, batch_size=64, lr=0.01, max_images=8000))
+    magnet.fit(mnist_train, TrainSettings(epochs=1, batch_size=16, lr=0.03, max_images=3200))
     magnet.eval()
     detectors = DetectorSet([create_detector("reconstruction", magnet, p=2),
                              create_detector("reconstruction", magnet, p=1)])
@@ -116,13 +117,13 @@ def test_detector_aware_eot_on_a_pool(mnist_batch, tiny_lenet):
 CONFIG = {
     "dataset": "mnist", "n_test": 10,
     "classifier": {"arch": "lenet"},
-    "purifiers": [{"name": "magnet", "detectors": [
+    "purifiers": [{"name": "magnet", "label": "magnet", "detectors": [
         {"name": "reconstruction", "params": {"p": 2}},
         {"name": "reconstruction", "params": {"p": 1},
          "autoencoder": {"name": "magnet", "params": {"pool": False}}}]}],
     "threat_models": ["gray-box", "detector-aware"],
     "attacks": [{"name": "pgd", "eps": [0.1], "params": {"steps": 5, "method": "orthogonal"},
-                 "threat_models": ["detector-aware"]}],
+                 "threat_models": ["detector-aware"], "purifiers": ["magnet"]}],
 }
 
 
@@ -153,7 +154,7 @@ def test_configs_with_detectors_are_checked_before_any_training():
         "purifiers__0__detectors__1__params": "labels must be unique",
     }
     values = {"purifiers__0__name": "jpeg", "purifiers__0__detectors__0__name": "reconstructon",
-              "purifiers__0__detectors__0__params": {"q": 2},
+              "purifiers__0__detectors__0__params": {"p": 2, "q": 2},
               "purifiers__0__detectors__1__autoencoder": {"name": "magnet",
                                                           "params": {"width": 3}},
               "attacks__0__params": {"method": "sideways", "stepz": 3},
