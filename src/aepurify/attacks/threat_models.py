@@ -20,6 +20,11 @@ adversarial examples are always *evaluated* on the real defended classifier.
 - ``black-box``: the attacker only queries the defended classifier's outputs; for gradient-free
   attacks (Square). It needs no differentiable purifier, and a gradient-free attack that beats
   the gradient attacks is a sign of gradient masking (Carlini et al. 2019).
+- ``detector-aware``: for a defense with detectors (MagNet): the attacker fools the classifier
+  through the reformer (white-box, or BPDA for a purifier that is not differentiable) *and* keeps
+  every detector under its threshold, fixed before the attack (orthogonal PGD, Bryniarski et al.,
+  ICLR 2022; :mod:`.detector_aware`); ``detector-aware+eot`` averages a random purifier's draws
+  (MagNet's pool of autoencoders). Every other threat model ignores the detectors.
 - ``strongest``: shorthand resolved per purifier to the strongest generic gradient threat model:
   white-box where the purifier is exactly differentiable, else bpda, with eot added for a
   stochastic purifier. Rows carry the resolved name.
@@ -37,7 +42,7 @@ from ..errors import ConfigError, NotApplicableError
 from ..purifiers.base import DefendedClassifier, EvalWrapper, Purifier
 from .fixed_randomness import FixedRandomness
 
-BASES = ("gray-box", "white-box", "bpda", "transfer", "adaptive", "black-box")
+BASES = ("gray-box", "white-box", "bpda", "transfer", "adaptive", "black-box", "detector-aware")
 VARIANTS = ("eot", "fixed")
 
 
@@ -46,7 +51,8 @@ class ThreatModel:
     """A resolved threat model.
 
     Attributes:
-        base: one of ``gray-box``, ``white-box``, ``bpda``, ``transfer``, ``adaptive``.
+        base: one of ``gray-box``, ``white-box``, ``bpda``, ``transfer``, ``adaptive``,
+            ``black-box``, ``detector-aware``.
         eot: average over ``eot_samples`` draws of the purifier's randomness.
         eot_samples: k, the number of draws per gradient.
         fixed: the purifier's random draw held fixed during the attack (``+fixed``).
@@ -65,7 +71,7 @@ class ThreatModel:
     @property
     def uses_purifier_gradients(self) -> bool:
         """Whether the attack module depends on the purifier (so it is crafted per purifier)."""
-        return self.base in ("white-box", "bpda", "adaptive", "black-box")
+        return self.base in ("white-box", "bpda", "adaptive", "black-box", "detector-aware")
 
 
 def split_threat_model(text: str) -> tuple[str, str | None]:
@@ -94,7 +100,7 @@ def split_threat_model(text: str) -> tuple[str, str | None]:
     variant = variants[0] if variants else None
     if variant == "eot" and base in ("gray-box", "transfer", "adaptive"):
         raise ConfigError(f"{text!r}: eot averages the purifier's randomness; combine it with "
-                          "white-box, bpda or black-box")
+                          "white-box, bpda, black-box or detector-aware")
     if variant == "fixed" and base not in ("", "white-box", "bpda"):
         raise ConfigError(f"{text!r}: fixed holds the purifier's draw fixed for an attacker who "
                           "differentiates it; combine it with white-box or bpda")
@@ -147,11 +153,15 @@ def resolve_threat_model(text: str, purifier: Purifier, eot_samples: int | None 
 def check_attack(tm: ThreatModel, attack: str, norm: str | None = None,
                  purifier: Purifier | None = None) -> None:
     """Raise NotApplicableError when ``attack`` cannot run under ``tm``: a gradient attack under
-    black-box (outputs only), or an (attack, norm) the purifier's own adaptive attack does not
-    cover (checked through its optional ``check_adaptive_attack(attack, norm)``), so the grid
-    skips it with the reason instead of failing mid-run."""
+    black-box (outputs only), an (attack, norm) the purifier's own adaptive attack does not
+    cover (checked through its optional ``check_adaptive_attack(attack, norm)``), or one the
+    detector-aware attack does not (only ``pgd``, as orthogonal PGD), so the grid skips it with
+    the reason instead of failing mid-run."""
     from .base import gradient_free
 
+    if tm.base == "detector-aware" and (attack != "pgd" or norm not in (None, "linf", "l2")):
+        raise NotApplicableError(f"the detector-aware threat model runs orthogonal PGD: use "
+                                 f"attack 'pgd' (linf or l2) under it, not {attack!r}")
     if tm.base == "black-box" and not gradient_free(attack):
         raise NotApplicableError(f"black-box gives the attacker outputs only, and {attack} needs "
                                  "gradients; use a gradient-free attack such as square")

@@ -33,11 +33,12 @@ from ..evaluation.sanity import run_checks
 from ..evaluation.store import CLEAN, ResultStore, eps_key
 from ..evaluation.summary import summarize
 from ..evaluation.verdicts import rule_correct
-from ..purifiers import Purifier, create_purifier
+from ..purifiers import Purifier, as_purifier, create_purifier
 from ..precision import resolve_precision
 from ..utils import pick_device, seed_everything
 from ..version import code_version
-from .inputs import AuditInputs, prepare_inputs
+from .detection import AuditDetectors, DetectorLike, prepare_detectors
+from .inputs import PROBE_IMAGES, AuditInputs, prepare_inputs
 from .result import AuditResult, SanityItem
 from .suite import EOT_SAMPLES, check_version, not_run_reason, plan_cells, sanity_settings
 
@@ -53,7 +54,10 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
           version: str = "standard", n_eval: int | None = None, out: str | Path | None = None,
           device: str = "auto", seed: int = 0, batch_size: int | None = None,
           dataset: str = "audit", classes: Sequence[str] | None = None,
-          precision: str = "fp32", attack_what_stands: bool = True) -> AuditResult:
+          precision: str = "fp32", attack_what_stands: bool = True,
+          detector: DetectorLike | Sequence[DetectorLike] | None = None,
+          calibration: torch.Tensor | None = None,
+          false_positive_rate: float = 0.001) -> AuditResult:
     """Audit a purifier in front of a classifier: attack it under every threat model that
     applies, with the attacks of ``version``, and report robust accuracy honestly.
 
@@ -68,7 +72,11 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     checks; takes the per-example worst case. As AutoAttack does (Croce and Hein, ICML 2020),
     the attacks after the rows the checks compare run only on the examples every earlier attack
     left correct (for a random purifier: correct in all ``n_eval`` evaluations), and the result
-    gives robust accuracy after each attack, cumulatively.
+    gives robust accuracy after each attack, cumulatively. With ``detector`` the defense can
+    reject: every row counts rejection MagNet's way (a rejected clean image is an error, a
+    rejected adversarial image is correct), the clean rejection rate is reported, and the
+    ``detector-aware`` threat model (orthogonal PGD, Bryniarski et al. 2022) joins the worst
+    case.
 
     Args:
         classifier: an ``nn.Module`` (or callable) mapping images (N, C, H, W) in [0, 1] to
@@ -99,6 +107,16 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         attack_what_stands: attack only what still stands (above); False runs every attack on
             every example (the same robust accuracy, up to the attacks' own randomness, at more
             cost).
+        detector: a detector of the defense: any callable mapping images (N, C, H, W) in [0, 1]
+            to a score per image (N,) (higher: less like a clean image; torch operations, so the
+            detector-aware attack can differentiate it), a :class:`aepurify.detectors.Detector`
+            (MagNet's reconstruction-error or divergence detector), a ``DetectorSet``, or a list;
+            an input is rejected if any fires. With ``purifier=None`` the defense is the
+            detector alone.
+        calibration: clean held-out images (M, C, H, W) in [0, 1], not the audited ones, on
+            which each detector without a threshold gets one, before any attack.
+        false_positive_rate: the fraction of the calibration images each threshold rejects
+            (MagNet: 0.001; needs M >= 1 / rate).
 
     Returns:
         :class:`~aepurify.audit.AuditResult`.
@@ -108,20 +126,35 @@ def audit(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
             [0, K).
         ConfigError: a classifier returning probabilities or not (N, K) logits; a purifier that
             changes the shape or returns values outside [0, 1]; a bad norm, eps, version,
-            n_eval, batch size or precision.
+            n_eval, batch size or precision; a detector without calibration images, or with too
+            few.
         OutputLockedError: another run writes to ``out``.
     """
     norm, eps, version = _check_options(norm, eps, version, n_eval, batch_size)
     dev = pick_device(device)
     resolved = resolve_precision(precision, dev)
+    if detector is not None and purifier is None:  # a detector alone: nothing reformed
+        purifier = as_purifier(_unchanged, differentiable=True, stochastic=False,
+                               name="detector-only")
     context = output_lock(out) if out is not None else _temporary_folder()
     with context as lock_or_tmp:
         folder = Path(out) if out is not None else Path(lock_or_tmp)
         inputs = prepare_inputs(classifier, purifier, x, y, dev, seed)
+        detectors = None
+        if detector is not None:
+            detectors = prepare_detectors(detector, calibration, false_positive_rate,
+                                          inputs.classifier, inputs.purifier,
+                                          inputs.x[:PROBE_IMAGES], dev,
+                                          batch_size or DEFAULT_BATCH)
         return _run(inputs, folder, norm=norm, eps=eps, version=version, n_eval=n_eval,
                     seed=seed, batch_size=batch_size, dataset=dataset, classes=classes,
                     keep=out is not None, device=dev, precision=resolved,
-                    what_stands=attack_what_stands)
+                    what_stands=attack_what_stands, detectors=detectors)
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    """The images as they are: the purifier of a defense that only detects."""
+    return x
 
 
 @contextlib.contextmanager
@@ -152,7 +185,8 @@ def _check_options(norm: str, eps: float, version: str, n_eval: int | None,
 def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: str,
          n_eval: int | None, seed: int, batch_size: int | None, dataset: str,
          classes: Sequence[str] | None, keep: bool, device: torch.device,
-         precision: str = "fp32", what_stands: bool = True) -> AuditResult:
+         precision: str = "fp32", what_stands: bool = True,
+         detectors: AuditDetectors | None = None) -> AuditResult:
     n = int(inputs.x.shape[0])
     stochastic = bool(inputs.purifier.stochastic)
     evals = (n_eval or default_n_eval(True)) if stochastic else 1
@@ -171,14 +205,20 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
         if stochastic:
             k = EOT_SAMPLES.get(version, inputs.purifier.default_eot_samples)
             plan_lines.append(f"eot: {k} draws per gradient ({version} version)")
+    aware = None
+    if detectors is not None:
+        plan_lines.append(detectors.why)
+        if detectors.differentiable:
+            aware = "detector-aware" + ("+eot" if stochastic else "")
     keys = DefenseKeys(dataset, seed, inputs.classifier_label, inputs.classifier_key,
-                       inputs.purifier_label, inputs.purifier_key, stochastic, evals, precision)
+                       inputs.purifier_label, inputs.purifier_key, stochastic, evals, precision,
+                       detectors_key=detectors.key if detectors is not None else None)
     reference = None
     if not inputs.undefended:
         reference = DefenseKeys(dataset, seed, inputs.classifier_label, inputs.classifier_key,
                                 CLEAN, "none", precision=precision)
     plan = plan_cells(version, norm, eps, n, keys, inputs.purifier, gradient, reference,
-                      what_stands)
+                      what_stands, aware)
     purifiers = {(inputs.classifier_label, inputs.purifier_label): inputs.purifier}
     if reference is not None:
         purifiers[(inputs.classifier_label, CLEAN)] = create_purifier("none").to(device).eval()
@@ -187,6 +227,8 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
     work = Workload(inputs.x, inputs.y, names, {inputs.classifier_label: inputs.classifier},
                     purifiers, device, batch_size or min(n, DEFAULT_BATCH), seed, plan.cells,
                     precision=precision)
+    if detectors is not None:
+        work.detectors[(inputs.classifier_label, inputs.purifier_label)] = detectors.detectors
     inputs.purifier.set_precision(precision)
     seed_everything(seed)
     if any(c.after for c in plan.cells):
@@ -199,6 +241,8 @@ def _run(inputs: AuditInputs, folder: Path, *, norm: str, eps: float, version: s
                      plan.skipped)
     record["precision"] = precision
     record["config"]["audit"]["attack_what_stands"] = what_stands
+    if detectors is not None:
+        record["detectors"] = {inputs.purifier_label: detectors.calibration}
     with ResultStore(folder / "results.db") as store:
         failed = run_cells(work, store, errors_log=folder / "errors.log")
         rows = finished_rows(store, plan.cells)
@@ -289,4 +333,6 @@ def _result(inputs: AuditInputs, rows: list, summary: list, checks: list, record
         norm=norm, eps=eps, n=n, n_eval=n_eval, seed=seed, device=str(device), plan=plan_lines,
         classifier=inputs.classifier_label, purifier=label,
         num_classes=int(inputs.classifier.num_classes or 0), rows=rows, summary=summary,
-        sanity_results=checks, record=record, n_eval_accuracies=by_rule)
+        sanity_results=checks, record=record, n_eval_accuracies=by_rule,
+        clean_rejection_rate=None if line.clean_rejection_rate != line.clean_rejection_rate
+        else line.clean_rejection_rate)

@@ -71,6 +71,9 @@ class AuditResult:
         classifier, purifier: the labels in the rows.
         num_classes: K of the classifier.
         rows, summary, sanity_results, record: what the report stage reads (save() writes them).
+        clean_rejection_rate: with ``detector=``, the fraction of clean evaluations a detector
+            rejected (counted as errors in ``clean_accuracy``; rejected adversarial images count
+            as robust); None without detectors.
         out_dir: where the audit wrote its files, if ``out`` was given.
     """
 
@@ -97,6 +100,7 @@ class AuditResult:
     sanity_results: list[SanityResult] = field(repr=False, default_factory=list)
     record: dict[str, Any] = field(repr=False, default_factory=dict)
     n_eval_accuracies: dict[str, float] = field(default_factory=dict)
+    clean_rejection_rate: float | None = None
     out_dir: Path | None = None
 
     @property
@@ -199,10 +203,16 @@ class AuditResult:
             gray += (f"  (the {self.version} version runs no gray-box attack on a purifier; "
                      "standard does)" if self.version == "quick" else "  (no gray-box row)")
         out = ["verdict:",
-               f"  clean accuracy      {num(self.clean_accuracy)}{rule}",
-               *wrap(f"gray-box robust     {gray}", "  ", "                      "),
-               f"  robust accuracy     {num(self.robust_accuracy)}  (per-example worst case "
-               f"over {len([r for r in self.per_attack if r['purifier'] == self.purifier and r['attack'] != 'none'])} rows)"]
+               f"  clean accuracy      {num(self.clean_accuracy)}{rule}"]
+        if self.clean_rejection_rate is not None:
+            out += wrap(f"clean rejection     {num(self.clean_rejection_rate)}  (clean images a "
+                        "detector rejected: errors above; a rejected adversarial image counts "
+                        "as robust)", "  ")
+        rows = len([r for r in self.per_attack
+                    if r["purifier"] == self.purifier and r["attack"] != "none"])
+        out += [*wrap(f"gray-box robust     {gray}", "  ", "                      "),
+                f"  robust accuracy     {num(self.robust_accuracy)}  (per-example worst case "
+                f"over {rows} rows)"]
         followed = any("attacked" in r for r in self.per_attack)
         if self.n_eval_accuracies:
             a = self.n_eval_accuracies

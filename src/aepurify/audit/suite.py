@@ -6,6 +6,10 @@
 | ``standard`` | + APGD-T (9 target classes; deterministic purifier) or APGD-DLR (random purifier, as AutoAttack's ``rand`` version), the sanity PGD-10 / PGD-100 | Square (5,000 queries) under ``black-box``; PGD-20 and APGD-CE under ``gray-box`` for reference (also on the undefended classifier) |
 | ``thorough`` | + PGD-100 with 2 restarts, APGD-CE with 5 restarts, PGD-10 with 5 restarts, ``+fixed`` for a random purifier | the large-eps check (PGD-100 at L-inf 1 / L2 60) |
 
+With ``detector=`` (a defense that rejects) every version adds orthogonal PGD under the
+``detector-aware`` threat model (Bryniarski et al., ICLR 2022): 20 steps in ``quick``, 100 in
+``standard``, and in ``thorough`` 100 steps with 3 restarts from random starts.
+
 EOT draws per gradient for a random purifier: the purifier's own default in ``quick``, 20 in
 ``standard`` (AutoAttack's ``rand`` version), 40 in ``thorough``. The attacks are AutoAttack's
 components from torchattacks with AutoAttack's settings (Croce and Hein, ICML 2020); the sanity
@@ -46,7 +50,7 @@ class SuiteAttack:
     Attributes:
         spec: the attack as the run stage reads it.
         under: ``gradient`` (every gradient threat model the plan picked), ``strongest`` (the
-            first of them), ``gray-box`` or ``black-box``.
+            first of them), ``gray-box``, ``black-box`` or ``detector-aware``.
         large_eps: also run at the large-eps check's budget.
         follows: attacks only what every earlier row left correct (its gray-box rows, which
             the gray-box figure and the checks read, and the large-eps row stay whole).
@@ -65,8 +69,10 @@ def check_version(version: str) -> str:
     return version
 
 
-def suite(version: str, norm: str, stochastic: bool) -> list[SuiteAttack]:
-    """The attacks of ``version`` (see the module docstring), in run order."""
+def suite(version: str, norm: str, stochastic: bool,
+          detector_aware: bool = False) -> list[SuiteAttack]:
+    """The attacks of ``version`` (see the module docstring), in run order; ``detector_aware``
+    adds orthogonal PGD for a defense that rejects."""
     check_version(version)
     out: list[SuiteAttack] = []
 
@@ -79,6 +85,10 @@ def suite(version: str, norm: str, stochastic: bool) -> list[SuiteAttack]:
     few, many = SANITY_STEPS
     # whole rows first: what the checks compare, and the first attack of AutoAttack's order
     add("pgd", "pgd", "gradient", {"steps": 20})
+    if detector_aware:  # whole: the detector-aware-vs-oblivious check compares it with pgd
+        add("pgd", "orthogonal-pgd", "detector-aware",
+            {"steps": 20 if quick else 100, "random_start": thorough},
+            restarts=3 if thorough else 1)
     if not quick:
         add("pgd", f"{SANITY_PREFIX}pgd-{few}", "strongest", {"steps": few})
         add("pgd", f"{SANITY_PREFIX}pgd-{many}", "strongest", {"steps": many}, large_eps=thorough)
@@ -141,7 +151,8 @@ class AuditPlan:
 
 def plan_cells(version: str, norm: str, eps: float, n: int, keys: DefenseKeys,
                purifier: Purifier, gradient_tms: list[str],
-               reference: DefenseKeys | None = None, what_stands: bool = True) -> AuditPlan:
+               reference: DefenseKeys | None = None, what_stands: bool = True,
+               detector_aware: str | None = None) -> AuditPlan:
     """The cells of one audit.
 
     Args:
@@ -156,6 +167,8 @@ def plan_cells(version: str, norm: str, eps: float, n: int, keys: DefenseKeys,
             same examples as the audited defense's gray-box rows) are added for reference.
         what_stands: the attacks marked ``follows`` attack only what every earlier row left
             correct (AutoAttack's order); False: every attack runs on every example.
+        detector_aware: the detector-aware threat model to run (``detector-aware``, with
+            ``+eot`` for a random purifier) for a defense that rejects; None: none.
     """
     eot = EOT_SAMPLES.get(version)
     plan = AuditPlan()
@@ -164,12 +177,13 @@ def plan_cells(version: str, norm: str, eps: float, n: int, keys: DefenseKeys,
     if reference is not None:
         plan.cells.append(reference.clean_cell(n))
     undefended = keys.purifier == CLEAN
-    for item in suite(version, norm, bool(purifier.stochastic)):
+    for item in suite(version, norm, bool(purifier.stochastic), detector_aware is not None):
         if undefended:
             names = ["black-box" if item.under == "black-box" else "gray-box"]
         else:
             names = {"gradient": gradient_tms, "strongest": gradient_tms[:1],
-                     "gray-box": ["gray-box"], "black-box": ["black-box"]}[item.under]
+                     "gray-box": ["gray-box"], "black-box": ["black-box"],
+                     "detector-aware": [detector_aware]}[item.under]
             if item.under == "gradient" and version != "quick":
                 names = [*names, "gray-box"]
         budgets = [eps, LARGE_EPS[norm]] if item.large_eps else [eps]

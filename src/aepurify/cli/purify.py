@@ -89,9 +89,10 @@ def _purified_paths(images: list[Path], out: Path) -> list[Path]:
 
 @app.command("list")
 def list_registered() -> None:
-    """List data sets, classifiers, purifiers, threat models and attacks."""
+    """List data sets, classifiers, purifiers, detectors, threat models and attacks."""
     from ..attacks import ATTACKS, BASES
     from ..data import DATASETS
+    from ..detectors import DETECTORS
     from ..models import CLASSIFIERS
     from ..purifiers import PURIFIERS
 
@@ -99,5 +100,6 @@ def list_registered() -> None:
     out.print(f"data sets:     {', '.join(DATASETS.names())}")
     out.print(f"classifiers:   {', '.join(CLASSIFIERS.names())}")
     out.print(f"purifiers:     {', '.join(PURIFIERS.names())}")
+    out.print(f"detectors:     {', '.join(DETECTORS.names())}")
     out.print(f"threat models: {', '.join(BASES)} (+eot or +fixed)")
     out.print(f"attacks:       {', '.join(ATTACKS.names())}")

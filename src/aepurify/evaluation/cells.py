@@ -115,6 +115,9 @@ class DefenseKeys:
         n_eval: evaluations of every example of a random purifier (1 for a deterministic one).
         precision: the resolved precision of attack gradients and inner optimisations
             (:mod:`aepurify.precision`); ``bf16`` enters the hashes (fp32 rows keep theirs).
+        detectors_key: hash of the defense's detectors (kinds, options, autoencoders,
+            false-positive rates and thresholds); None for a defense that does not reject (whose
+            hashes then do not change).
     """
 
     dataset: str
@@ -126,6 +129,7 @@ class DefenseKeys:
     stochastic: bool = False
     n_eval: int = 1
     precision: str = "fp32"
+    detectors_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.n_eval < 1 or (self.n_eval > 1 and not self.stochastic):
@@ -139,6 +143,8 @@ class DefenseKeys:
             common["n_eval"] = self.n_eval
         if self.precision != "fp32":
             common["precision"] = self.precision
+        if self.detectors_key is not None:
+            common["detectors"] = self.detectors_key
         return common
 
     def clean_cell(self, n: int) -> Cell:
@@ -153,13 +159,14 @@ class DefenseKeys:
         """The cell of ``attack`` at ``eps`` under ``tm`` on the first ``n`` images.
 
         Args:
-            surrogate: name of the purifier's BPDA surrogate (recorded for bpda rows).
+            surrogate: name of the purifier's BPDA surrogate (recorded for bpda rows, and for
+                detector-aware rows of a purifier that is not differentiable).
             source_key: model key of the transfer source (hashed into transfer rows).
         """
         details = {"attack": attack.name, "attack_params": attack.params,
                    "restarts": attack.restarts,
                    "eot_samples": tm.eot_samples if tm.eot else None,
-                   "surrogate": surrogate if tm.base == "bpda" else None}
+                   "surrogate": surrogate if tm.base in ("bpda", "detector-aware") else None}
         cell = Cell(self.classifier, self.purifier, tm, attack, eps, n, details=details,
                     n_eval=self.n_eval)
         cell.key = (self.dataset, self.classifier, self.purifier, tm.name, attack.label,

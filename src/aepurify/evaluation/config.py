@@ -30,11 +30,33 @@ from ..errors import ConfigError
 from ..models import CLASSIFIERS
 from ..purifiers import PURIFIERS
 from ..utils import check_device_name, parse_eps
-from .config_entries import AttackEntry, ClassifierEntry, PurifierEntry, _Strict
+from .config_entries import (AttackEntry, AutoencoderEntry, ClassifierEntry, DetectorEntry,
+                             PurifierEntry, _Strict)
 from .store import SANITY_PREFIX
 
 __all__ = ["ExperimentConfig", "ClassifierEntry", "PurifierEntry", "AttackEntry",
-           "SanitySettings", "AnalysisEntry"]
+           "DetectorEntry", "AutoencoderEntry", "SanitySettings", "AnalysisEntry"]
+
+
+def check_detector_names(detector: DetectorEntry, entry: PurifierEntry) -> None:
+    """The detector's registry name, its autoencoder's, and that the autoencoder it reads (its
+    own, else the entry's registered purifier) has a reconstruction error.
+
+    Raises:
+        ConfigError: an unknown name, or a purifier without a reconstruction error.
+    """
+    from ..detectors import DETECTORS
+
+    DETECTORS.get(detector.name)
+    source = detector.autoencoder.name if detector.autoencoder is not None else entry.name
+    if source is None:  # an entry point: known once it is built
+        return
+    cls = PURIFIERS.get(source)
+    if not cls.reconstructs:
+        where = "its autoencoder" if detector.autoencoder is not None else "the purifier"
+        raise ConfigError(f"{where} {source!r} has no reconstruction error, so it cannot feed "
+                          f"a detector (use an autoencoder: magnet, apudae, feature-dae, hgd, "
+                          f"vae, patch-vae, s2snet)")
 
 
 class SanitySettings(_Strict):
@@ -224,6 +246,11 @@ class ExperimentConfig(_Strict):
                     parse_threat_model(tm)
             except ConfigError as exc:
                 raise ConfigError(f"purifiers[{i}]: {exc}") from None
+            for j, d in enumerate(p.detectors):
+                try:
+                    check_detector_names(d, p)
+                except ConfigError as exc:
+                    raise ConfigError(f"purifiers[{i}].detectors[{j}]: {exc}") from None
         for i, a in enumerate(self.attacks):
             try:
                 ATTACKS.get(a.name)

@@ -2,8 +2,9 @@
 ``params`` entry names parameters its factory takes, with values of the annotated types, so a
 typo such as ``stepz`` or ``quality: "high"`` costs one line, not a run that fails after its
 models trained (an ``adaptive`` attack's against the purifier's own adaptive attack: S-BIM's
-options for APuDAE); an entry point's module is imported and its ``kwargs`` checked the same
-way; and an L-inf budget above 1 is warned about.
+options for APuDAE; a ``detector-aware`` attack's against orthogonal PGD's; a detector's and its
+autoencoder's against theirs); an entry point's module is imported and its ``kwargs`` checked
+the same way; and an L-inf budget above 1 is warned about.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..attacks import ATTACKS, parse_threat_model
+from ..attacks.detector_aware import check_detector_aware_params
+from ..detectors import DETECTOR_ARGS, DETECTORS
 from ..entry_points import check_entry_point
 from ..errors import ConfigError
 from ..models import CLASSIFIERS
@@ -44,6 +47,13 @@ def check_params(config: ExperimentConfig) -> None:
               for where, c in classifiers if c.arch is not None]
     checks += [(f"purifiers[{i}]", PURIFIERS, p.name, p.params, ())
                for i, p in enumerate(config.purifiers) if p.name is not None]
+    for i, p in enumerate(config.purifiers):
+        for j, d in enumerate(p.detectors):
+            checks.append((f"purifiers[{i}].detectors[{j}]", DETECTORS, d.name, d.params,
+                           DETECTOR_ARGS))
+            if d.autoencoder is not None:
+                checks.append((f"purifiers[{i}].detectors[{j}].autoencoder", PURIFIERS,
+                               d.autoencoder.name, d.autoencoder.params, ()))
     entry_points = [(f"{where}.entry_point", "classifier", c.entry_point, c.kwargs)
                     for where, c in classifiers if c.entry_point is not None]
     entry_points += [(f"purifiers[{i}].entry_point", "purifier", p.entry_point, p.kwargs)
@@ -68,6 +78,11 @@ def check_params(config: ExperimentConfig) -> None:
                 check(attack.params)
             except ConfigError as exc:
                 raise ConfigError(f"attacks[{i}] (adaptive, {label}): {exc}") from None
+        if _runs_under(config, attack, "detector-aware"):
+            try:
+                check_detector_aware_params(attack.params)
+            except ConfigError as exc:
+                raise ConfigError(f"attacks[{i}] (detector-aware): {exc}") from None
 
 
 def _adaptive_checks(config: ExperimentConfig, attack: AttackEntry
@@ -87,10 +102,16 @@ def _adaptive_checks(config: ExperimentConfig, attack: AttackEntry
     return out
 
 
+# Threat models whose attack is not the registered one: the purifier's own (adaptive) or
+# orthogonal PGD (detector-aware); each checks the params against its own options.
+OWN_ATTACKS = ("adaptive", "detector-aware")
+
+
 def _runs_generic(config: ExperimentConfig, attack: AttackEntry) -> bool:
     """Whether ``attack`` runs as the registered attack for some purifier: under any threat
-    model but ``adaptive``, where the purifier's own adaptive attack takes the params (S-BIM's
-    ``margin_on``); the undefended classifier meets every attack that names it, gray-box."""
+    model but ``adaptive`` (the purifier's own adaptive attack takes the params: S-BIM's
+    ``margin_on``) and ``detector-aware`` (orthogonal PGD's ``method``); the undefended
+    classifier meets every attack that names it, gray-box."""
     entries = {p.row_label: p for p in config.purifiers}
     labels = [*entries, *(["none"] if config.include_undefended else [])]
     for label in labels:
@@ -99,7 +120,18 @@ def _runs_generic(config: ExperimentConfig, attack: AttackEntry) -> bool:
         if label == "none":
             return True
         tms = attack.threat_models or entries[label].threat_models or config.threat_models
-        if any(parse_threat_model(t)[0] != "adaptive" for t in tms):
+        if any(parse_threat_model(t)[0] not in OWN_ATTACKS for t in tms):
+            return True
+    return False
+
+
+def _runs_under(config: ExperimentConfig, attack: AttackEntry, base: str) -> bool:
+    """Whether ``attack`` meets some purifier entry under threat model ``base``."""
+    for entry in config.purifiers:
+        if attack.purifiers is not None and entry.row_label not in attack.purifiers:
+            continue
+        tms = attack.threat_models or entry.threat_models or config.threat_models
+        if any(parse_threat_model(t)[0] == base for t in tms):
             return True
     return False
 

@@ -83,6 +83,62 @@ class ClassifierEntry(_Strict):
         return self.arch if self.arch is not None else factory_label(self.entry_point or "")
 
 
+class AutoencoderEntry(_Strict):
+    """The autoencoder a detector reads when it is not the purifier itself (MagNet's MNIST
+    detector II: a second autoencoder without pooling): a registered purifier, trained (or
+    loaded) and cached like a purifier entry.
+
+    Attributes:
+        name: purifier registry name (one with a reconstruction error).
+        params: its keyword arguments.
+        checkpoint: load this checkpoint instead of training.
+        train: training settings.
+    """
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+
+class DetectorEntry(_Strict):
+    """A detector on a purifier entry (MagNet; :mod:`aepurify.detectors`): a score per image and
+    a threshold fixed on clean held-out training images at ``false_positive_rate``.
+
+    Attributes:
+        name: detector registry name: ``reconstruction`` (params ``p``: 1 or 2) or
+            ``divergence`` (params ``temperature``).
+        label: the detector's name in reports (default: ``reconstruction-l2``,
+            ``divergence-t10``).
+        params: the detector's options.
+        autoencoder: the autoencoder whose reconstruction the score reads (default: the
+            purifier of the entry, which then must have a reconstruction error).
+        false_positive_rate: the fraction of clean calibration images the threshold rejects
+            (MagNet: 0.001 per detector).
+        calibration_images: the threshold is set on the last this-many images of the training
+            split; the entry's purifier and the detector's autoencoder train on the images
+            before them only (their ``train.max_images`` is capped), so the calibration images
+            are held out.
+    """
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    autoencoder: AutoencoderEntry | None = None
+    false_positive_rate: float = Field(0.001, gt=0, lt=1)
+    calibration_images: int = Field(5000, ge=1)
+
+    @property
+    def row_label(self) -> str:
+        if self.label:
+            return self.label
+        if self.name == "reconstruction":
+            return f"reconstruction-l{float(self.params.get('p', 1)):g}"
+        if self.name == "divergence":
+            return f"divergence-t{float(self.params.get('temperature', 1)):g}"
+        return self.name
+
+
 class PurifierEntry(_Strict):
     """One purifier of the grid.
 
@@ -104,6 +160,10 @@ class PurifierEntry(_Strict):
         eot_samples: EOT draws for this purifier (default: config, then the purifier's own).
         n_eval: evaluations of every example for a random purifier (N-evaluation; default: the
             config's, else 10 for a random purifier, 1 for a deterministic one).
+        detectors: detectors that make the defense reject (:class:`DetectorEntry`); its rows
+            then count rejection MagNet's way (a clean image is correct only if accepted and
+            classified correctly, an adversarial one if rejected or classified correctly), and
+            the ``detector-aware`` threat model applies.
     """
 
     name: str | None = None
@@ -118,6 +178,7 @@ class PurifierEntry(_Strict):
     threat_models: list[str] | None = None
     eot_samples: int | None = Field(None, ge=1)
     n_eval: int | None = Field(None, ge=1)
+    detectors: list[DetectorEntry] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _source(self) -> PurifierEntry:
@@ -127,7 +188,15 @@ class PurifierEntry(_Strict):
                                          self.stochastic is not None):
             raise ValueError("differentiable and stochastic are declared for an entry point; a "
                              "registered purifier declares its own")
+        labels = [d.row_label for d in self.detectors]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"detector labels must be unique; got {labels} (give each a label)")
         return self
+
+    @property
+    def calibration_images(self) -> int:
+        """Training images held out for the detectors' thresholds (0 without detectors)."""
+        return max((d.calibration_images for d in self.detectors), default=0)
 
     @property
     def row_label(self) -> str:

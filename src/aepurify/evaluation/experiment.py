@@ -25,6 +25,7 @@ from ..utils import pick_device, seed_everything
 from ..version import code_version
 from .cells import Cell
 from .config import ClassifierEntry, ExperimentConfig, PurifierEntry
+from .detector_setup import DefenseDetectors, build_detectors, held_out, reads_purifier
 from .plan import plan_grid
 from .run import Workload
 from .store import CLEAN
@@ -46,6 +47,8 @@ class Experiment:
         workload: what the run stage reads (the same models as modules, the test images on
             the device, the planned cells).
         skipped: (purifier, threat model, reason) of combinations that do not apply.
+        detectors: (classifier label, purifier label) -> the calibrated detectors of a defense
+            that rejects.
     """
 
     config: ExperimentConfig
@@ -58,6 +61,7 @@ class Experiment:
     purifiers: dict[tuple[str, str], Trained]
     workload: Workload
     skipped: list[dict[str, str]] = field(default_factory=list)
+    detectors: dict[tuple[str, str], DefenseDetectors] = field(default_factory=dict)
 
     @property
     def cells(self) -> list[Cell]:
@@ -88,12 +92,15 @@ def _get_classifier(entry: ClassifierEntry, config: ExperimentConfig, exp_args: 
 
 def _get_purifier(p: PurifierEntry, config: ExperimentConfig, clf: Trained, x: torch.Tensor,
                   common: dict[str, Any]) -> Trained:
+    settings = p.train
+    if reads_purifier(p):  # its detectors' calibration images stay out of its training
+        settings = held_out(settings, p.calibration_images, common["train_data"])
     if p.entry_point is not None:
         return get_entry_purifier(p.entry_point, p.kwargs, config.dataset, sample=x,
                                   label=p.row_label, differentiable=p.differentiable,
-                                  stochastic=p.stochastic, settings=p.train, classifier=clf,
+                                  stochastic=p.stochastic, settings=settings, classifier=clf,
                                   seed=config.seed, **common)
-    return get_purifier(p.name, config.dataset, params=p.params, settings=p.train,  # type: ignore[arg-type]
+    return get_purifier(p.name, config.dataset, params=p.params, settings=settings,  # type: ignore[arg-type]
                         checkpoint=p.checkpoint, classifier=clf, **common)
 
 
@@ -138,14 +145,20 @@ def prepare(config: ExperimentConfig, out_dir: str | Path, *, data_dir: str | Pa
     precision = resolve_precision(config.precision, dev)
     for t in purifiers.values():
         t.module.set_precision(precision)  # inner optimisations (APuDAE's refinement)
-    plan = plan_grid(config, classifiers, purifiers, source, len(test), precision)
+    detectors = {(clf_label, p.row_label): build_detectors(
+        config, p, purifiers[(clf_label, p.row_label)], clf, train, dev,
+        {"cache_dir": cache_dir, "data_dir": data_dir})
+        for clf_label, clf in classifiers.items() for p in config.purifiers if p.detectors}
+    plan = plan_grid(config, classifiers, purifiers, source, len(test), precision,
+                     {k: d.key for k, d in detectors.items()})
     workload = Workload(
         x, y, list(test.classes), {label: t.module for label, t in classifiers.items()},
         {key: t.module for key, t in purifiers.items()},  # type: ignore[misc]
         dev, config.batch_size, config.seed, plan.cells,
-        source.module if source is not None else None, precision)
+        source.module if source is not None else None, precision,
+        {k: d.detectors for k, d in detectors.items()})
     return Experiment(config, Path(out_dir), dev, test, train, classifiers, source, purifiers,
-                      workload, plan.skipped)
+                      workload, plan.skipped, detectors)
 
 
 def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]:
@@ -163,6 +176,12 @@ def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]
     for (clf_label, label), pur in exp.purifiers.items():
         name = f"purifier:{label}" if len(exp.classifiers) == 1 else f"purifier:{clf_label}/{label}"
         models[name] = model_record(pur)
+    detectors: dict[str, Any] = {}
+    for (clf_label, label), found in exp.detectors.items():
+        name = label if len(exp.classifiers) == 1 else f"{clf_label}/{label}"
+        detectors[name] = found.calibration
+        for det, ae in found.autoencoders.items():
+            models[f"detector-autoencoder:{name}/{det}"] = model_record(ae)
     return {
         "name": exp.config.name,
         "dataset": exp.config.dataset,
@@ -179,6 +198,7 @@ def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         "dataset_note": spec.note,
         "test_images": len(exp.test), "test_source": exp.test.source,
         "models": models,
+        "detectors": detectors,
         "skipped": exp.skipped,
     }
 

@@ -68,7 +68,8 @@ def n_eval_of(purifier: Purifier, *settings: int | None) -> int:
 
 def plan_grid(config: ExperimentConfig, classifiers: dict[str, Trained],
               purifiers: dict[tuple[str, str], Trained], source: Trained | None,
-              n_test: int, precision: str = "fp32") -> Plan:
+              n_test: int, precision: str = "fp32",
+              detector_keys: dict[tuple[str, str], str] | None = None) -> Plan:
     """The cells of ``config``'s grid, in run order, and the combinations skipped.
 
     Args:
@@ -78,20 +79,25 @@ def plan_grid(config: ExperimentConfig, classifiers: dict[str, Trained],
         source: the transfer source classifier, if any.
         n_test: test images available; attacks with their own ``n_test`` use fewer.
         precision: the resolved precision of attack gradients (part of every row's hash).
+        detector_keys: (classifier label, purifier label) -> hash of the defense's calibrated
+            detectors, for the defenses that reject (the ``detector-aware`` threat model
+            applies to those only).
 
     Raises:
         ConfigError: two cells would share a row key.
     """
     entries: dict[str, PurifierEntry] = {p.row_label: p for p in config.purifiers}
     attacks = config.all_attacks()
+    detector_keys = detector_keys or {}
     plan = Plan()
     for (clf_label, label), trained in purifiers.items():
         purifier: Purifier = trained.module  # type: ignore[assignment]
         entry = entries.get(label)
+        detectors = detector_keys.get((clf_label, label))
         keys = DefenseKeys(config.dataset, config.seed, clf_label, classifiers[clf_label].key,
                            label, trained.key, bool(purifier.stochastic),
                            n_eval_of(purifier, entry.n_eval if entry else None, config.n_eval),
-                           precision)
+                           precision, detectors_key=detectors)
         plan.cells.append(keys.clean_cell(n_test))
         samples = entry.eot_samples if entry and entry.eot_samples else config.eot_samples
         for index, attack in enumerate(attacks):
@@ -107,12 +113,16 @@ def plan_grid(config: ExperimentConfig, classifiers: dict[str, Trained],
                 try:
                     tm = resolve_threat_model(tm_text, purifier, samples)
                     check_attack(tm, attack.name, attack.norm, purifier)
+                    if tm.base == "detector-aware" and detectors is None:
+                        raise NotApplicableError(f"{label} has no detectors; detector-aware "
+                                                 "applies to a defense that rejects")
                 except NotApplicableError as exc:
                     reason = {"purifier": label, "threat_model": tm_text, "reason": str(exc)}
                     if reason not in plan.skipped:
                         plan.skipped.append(reason)
                     continue
-                surrogate = purifier.surrogate_name() if tm.base == "bpda" else None
+                surrogate = purifier.surrogate_name() if tm.base == "bpda" or (
+                    tm.base == "detector-aware" and not purifier.differentiable) else None
                 for eps in attack.eps:
                     plan.cells.append(keys.attack_cell(
                         tm, spec, eps, n, surrogate=surrogate,

@@ -24,11 +24,14 @@ import torch
 from torch import nn
 
 from ..attacks import Attack, attack_module, build_attack, gradient_free
+from ..attacks.detector_aware import make_detector_aware
 from ..checks import validated
+from ..detectors import DetectingClassifier, DetectorSet
 from ..precision import autocast, channels_last_weights, with_precision
 from ..purifiers import DefendedClassifier, Purifier
 from ..utils import batches, derive_seed, progress, seed_everything
 from .cells import Cell
+from .rejection import DetectionCounts, judge_rejecting
 from .store import ResultRow, ResultStore, eps_key
 from .verdicts import Verdict, judge
 
@@ -56,6 +59,8 @@ class Workload:
         source: the classifier transfer attacks craft on, if any.
         precision: the resolved precision (``bf16`` or ``fp32``) of attack gradients; verdicts
             run in fp32 (:mod:`aepurify.precision`).
+        detectors: (classifier label, purifier label) -> calibrated detectors, for the defenses
+            that reject (their rows count rejection, see :mod:`.rejection`).
     """
 
     x: torch.Tensor
@@ -69,11 +74,16 @@ class Workload:
     cells: list[Cell] = field(default_factory=list)
     source: nn.Module | None = None
     precision: str = "fp32"
+    detectors: dict[tuple[str, str], DetectorSet] = field(default_factory=dict)
 
     def defended(self, classifier: str, purifier: str) -> DefendedClassifier:
-        """The defended classifier ``classifier(purifier(x))`` of two labels, in eval mode."""
-        return DefendedClassifier(self.classifiers[classifier],
-                                  self.purifiers[(classifier, purifier)]).eval()
+        """The defended classifier ``classifier(purifier(x))`` of two labels, in eval mode: a
+        :class:`~aepurify.detectors.DetectingClassifier` where the defense has detectors."""
+        clf, pur = self.classifiers[classifier], self.purifiers[(classifier, purifier)]
+        detectors = self.detectors.get((classifier, purifier))
+        if detectors is not None:
+            return DetectingClassifier(clf, pur, detectors).eval()
+        return DefendedClassifier(clf, pur).eval()
 
     def stochastic(self) -> dict[str, bool]:
         """Purifier label -> declared stochastic (what the EOT sanity check needs)."""
@@ -221,20 +231,24 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
     details = dict(cell.details)
     worst = None
     if cell.attack is None:
-        correct, verdict = _classify(work, cell, defended, x, y, derive_seed(work.seed, "eval",
-                                                                             cell.key))
+        correct, verdict, counts = _classify(work, cell, defended, x, y, derive_seed(
+            work.seed, "eval", cell.key))
         seconds = time.perf_counter() - start
     elif alive is not None:
-        correct, verdict = np.zeros(cell.n, dtype=bool), None
+        correct, verdict, counts = np.zeros(cell.n, dtype=bool), None, None
         index = np.flatnonzero(alive)
         details["attacked"] = int(index.size)
         if index.size:
             pick = torch.from_numpy(index).to(x.device)
             advs, _ = craft_cell(work, cell, defended, x[pick], y[pick])
-            ok, verdict, kept = _worst_of_restarts(work, cell, defended, advs, y[pick])
+            ok, verdict, kept, counts = _worst_of_restarts(work, cell, defended, advs, y[pick])
             correct[index] = ok
             verdict = verdict.spread(index, cell.n) if verdict is not None else None
             details.update(perturbation_size(x[pick], kept))
+            if counts is not None:  # rates over the attacked examples only
+                details.update(counts.details(adversarial=True))
+                details["detection"]["over"] = "attacked"
+                counts = None
         elif cell.n_eval > 1:  # nothing left to attack: the rules' verdicts say so too
             empty = np.zeros(0, dtype=bool)
             verdict = Verdict(cell.n_eval, empty, empty, empty).spread(index, cell.n)
@@ -249,11 +263,13 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
             if cell.shared:
                 shared.by_owner[owner] = (advs, craft_seconds)
         eval_start = time.perf_counter()
-        correct, verdict, worst = _worst_of_restarts(work, cell, defended, advs, y)
+        correct, verdict, worst, counts = _worst_of_restarts(work, cell, defended, advs, y)
         details.update(perturbation_size(x, worst))
         seconds = craft_seconds + time.perf_counter() - eval_start
     if verdict is not None:
         details.update(verdict.details())
+    if counts is not None:
+        details.update(counts.details(adversarial=cell.attack is not None))
     c = cell.key
     row = ResultRow(*c[:6], eps=c[6], n=len(correct), accuracy=float(correct.mean()),
                     seconds=seconds, correct=correct, spec_hash=cell.spec_hash, details=details)
@@ -262,33 +278,43 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
 
 def _worst_of_restarts(work: Workload, cell: Cell, defended: DefendedClassifier,
                        advs: list[torch.Tensor], y: torch.Tensor
-                       ) -> tuple[np.ndarray, Verdict | None, torch.Tensor]:
+                       ) -> tuple[np.ndarray, Verdict | None, torch.Tensor,
+                                  DetectionCounts | None]:
     """Classify each restart's adversarial images and keep the per-example worst case: which
-    examples (k,) survive every restart, their verdict (a random purifier), and per example the
-    images of the first restart that broke it (else the last restart's)."""
+    examples (k,) survive every restart, their verdict (a random purifier), per example the
+    images of the first restart that broke it (else the last restart's), and the detection
+    counts of those images (a defense that rejects)."""
     correct = np.ones(y.shape[0], dtype=bool)
     worst = advs[-1].clone()
-    verdict = None
+    verdict, counts = None, None
     for r, x_adv in enumerate(advs):
-        ok, v = _classify(work, cell, defended, x_adv, y,
-                          derive_seed(work.seed, "eval", cell.key, r))
+        ok, v, c = _classify(work, cell, defended, x_adv, y,
+                             derive_seed(work.seed, "eval", cell.key, r))
         verdict = v if verdict is None or v is None else verdict & v
-        newly_broken = torch.from_numpy(correct & ~ok).to(worst.device)
+        broken = correct & ~ok
+        counts = c if counts is None or c is None else counts.where(broken, c)
+        newly_broken = torch.from_numpy(broken).to(worst.device)
         worst[newly_broken] = x_adv[newly_broken]
         correct &= ok
-    return correct, verdict, worst
+    return correct, verdict, worst, counts
 
 
 def _classify(work: Workload, cell: Cell, defended: DefendedClassifier, x: torch.Tensor,
-              y: torch.Tensor, seed: int) -> tuple[np.ndarray, Verdict | None]:
+              y: torch.Tensor, seed: int
+              ) -> tuple[np.ndarray, Verdict | None, DetectionCounts | None]:
     """Which images (N,) the defended classifier gets right: once, for a deterministic
     purifier; for a random one, every image ``cell.n_eval`` times with fresh draws, correct only
-    if all are (N-evaluation; the verdict keeps single-draw and majority vote as well)."""
+    if all are (N-evaluation; the verdict keeps single-draw and majority vote as well). A
+    defense that rejects is judged MagNet's way (:mod:`.rejection`), with its detection
+    counts."""
+    if isinstance(defended, DetectingClassifier):
+        return judge_rejecting(defended, x, y, adversarial=cell.attack is not None,
+                               n_eval=cell.n_eval, seed=seed, batch_size=work.batch_size)
     if not defended.purifier.stochastic:
         seed_everything(seed)
-        return (predict(defended, x, work.batch_size) == y).cpu().numpy(), None
+        return (predict(defended, x, work.batch_size) == y).cpu().numpy(), None, None
     verdict = judge(defended, x, y, n_eval=cell.n_eval, seed=seed, batch_size=work.batch_size)
-    return verdict.all_of_n, verdict
+    return verdict.all_of_n, verdict, None
 
 
 def perturbation_size(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, float]:
@@ -308,15 +334,19 @@ def craft_cell(work: Workload, cell: Cell, defended: DefendedClassifier, x: torc
     start = time.perf_counter()
     # Attack gradients in the workload's precision (bf16 where the hardware runs it fast): the
     # module the attack differentiates runs under autocast and returns fp32 logits, so the
-    # attack's own arithmetic stays fp32; an adaptive attack (the project's own code) runs whole
-    # under autocast. The verdict (_classify) runs outside, in fp32.
+    # attack's own arithmetic stays fp32; an adaptive or detector-aware attack (the project's
+    # own code) runs whole under autocast. The verdict (_classify) runs outside, in fp32.
     # A gradient-free attack (Square) decides by its queries' outputs alone, like a verdict:
     # those stay fp32.
     arithmetic = "fp32" if gradient_free(attack.name) else work.precision
-    precision = autocast(arithmetic if tm.base == "adaptive" else "fp32", work.device)
+    own = tm.base in ("adaptive", "detector-aware")
+    precision = autocast(arithmetic if own else "fp32", work.device)
     if tm.base == "adaptive":
         adaptive = getattr(defended.purifier, "adaptive_attack")
         atk = adaptive(attack.name, defended, cell.eps, attack.norm, **attack.params)
+    elif tm.base == "detector-aware":  # thresholds fixed at calibration, before any attack
+        atk = make_detector_aware(attack.name, defended, cell.eps, attack.norm,
+                                  tm.eot_samples, **attack.params)
     else:
         module = with_precision(attack_module(tm, defended, work.source), arithmetic)
         atk = build_attack(attack.name, module, cell.eps, attack.norm, attack.params)

@@ -7,9 +7,10 @@ section 5), run on the finished rows of a grid.
 | ``more-iterations`` | more PGD iterations do not raise accuracy | the attack is not converging: noisy or masked gradients |
 | ``more-restarts`` | restarts do not raise accuracy (true by construction: worst case) | a bookkeeping error |
 | ``square-vs-gradient`` | the gradient-free Square attack breaks no more than ``tolerance`` of the examples that every gradient attack left correct (AutoAttack's ``checks.py``) | gradient masking: the gradients lie |
-| ``white-box-vs-gray-box`` | attacks that see the purifier are not weaker than gray-box or transfer attacks | the purifier's gradients (or surrogate) mislead the attacker |
+| ``white-box-vs-gray-box`` | attacks that see the purifier are not weaker than gray-box or transfer attacks (not run for a defense that rejects: an attack through the purifier that ignores the detectors is expected to be caught) | the purifier's gradients (or surrogate) mislead the attacker |
 | ``white-box-vs-bpda`` | the exact gradient (white-box) is not weaker than BPDA's surrogate gradient on the same attack (only where both ran) | shattered gradients: the purifier's exact gradient is masked (Athalye et al. 2018) |
 | ``eot-samples`` | a random purifier was attacked with EOT over at least ``min_eot_samples`` draws | its robust accuracy is not adaptive yet |
+| ``detector-aware-vs-oblivious`` | on a defense that rejects, the detector-aware attack is not weaker than any detector-oblivious attack at the same budget (rejection counted as correct in both) | the detector-aware attack is not converging or its loss is wrong: the detection claim is not tested yet |
 
 Comparisons use the same images (the first n of both rows) and a tolerance; the row-against-row
 comparisons read only rows that attacked every example (not those that attacked only what
@@ -143,10 +144,18 @@ def run_checks(rows: list[ResultRow], settings: SanitySettings,
                 result("more-restarts", a_rs <= a_lo + tol,
                        f"PGD-{few} {a_lo:.3f}, {s.restarts} restarts {a_rs:.3f} (n={n})")
             _square_vs_gradient(group, s, eps, tol, result)
-        if pur != CLEAN:
-            whole = [r for r in group if not r.details.get("after")]
+        whole = [r for r in group if not r.details.get("after")]
+        if pur != CLEAN and any("detection" in r.details for r in group):
+            # attacks through the purifier that ignore the detectors are expected to be
+            # caught: the detector-aware check below is the comparison that holds
+            result("white-box-vs-gray-box", None, "a defense that rejects: detector-oblivious "
+                   "attacks through the purifier get caught by its detectors; see "
+                   "detector-aware-vs-oblivious")
+        elif pur != CLEAN:
             _white_vs_gray(whole, tol, result)
+        if pur != CLEAN:
             _white_vs_bpda(whole, tol, result)
+            _aware_vs_oblivious(whole, tol, result)
             if stochastic.get(pur):
                 most = most_eot_draws(group)
                 result("eot-samples", most >= s.min_eot_samples,
@@ -208,6 +217,27 @@ def _square_vs_gradient(group: list[ResultRow], s: SanitySettings, eps: float, t
            f"{eps:g}, {after.mean():.3f} with Square (n={n}, tolerance {tol:g})")
 
 
+def _worst_excess(groups: list[tuple[str, list[ResultRow], list[ResultRow]]]
+                  ) -> tuple[float, str, int]:
+    """Over (where, attacks that should be stronger, attacks they must not be weaker than):
+    the largest accuracy excess of the strongest row of the first list over any row of the
+    second (each pair on the images both ran), where it happened, and how many pairs were
+    compared."""
+    worst_gap, worst_detail, compared = -1.0, "", 0
+    for where, strong, weak in groups:
+        if not strong or not weak:
+            continue
+        best = min(strong, key=lambda r: r.accuracy)
+        for other in weak:
+            a_best, a_other, n = _pair(best, other)
+            compared += 1
+            if a_best - a_other > worst_gap:
+                worst_gap = a_best - a_other
+                worst_detail = (f"{where}: {best.threat_model} {best.attack} {a_best:.3f} vs "
+                                f"{other.threat_model} {other.attack} {a_other:.3f} (n={n})")
+    return worst_gap, worst_detail, compared
+
+
 def _white_vs_gray(group: list[ResultRow], tol: float, result: Any) -> None:
     """Attacks that see the purifier must not be weaker than gray-box / transfer ones; a
     failure only single-step attacks show is explained (:func:`single_step_finding`)."""
@@ -235,21 +265,34 @@ def _white_vs_bpda(group: list[ResultRow], tol: float, result: Any) -> None:
         base, eot = r.threat_model.split("+")[0], r.threat_model.endswith("+eot")
         if base in ("white-box", "bpda"):
             cells[(r.attack, r.norm, eps_key(r.eps), eot)][base] = r
-    worst_gap, worst_detail, compared = -1.0, "", 0
-    for (attack, norm, eps, _), tms in cells.items():
-        if len(tms) < 2:
-            continue
-        white, bpda = tms["white-box"], tms["bpda"]
-        a_white, a_bpda, n = _pair(white, bpda)
-        compared += 1
-        if a_white - a_bpda > worst_gap:
-            worst_gap = a_white - a_bpda
-            worst_detail = (f"{attack} {norm} eps {eps:g}: {white.threat_model} {a_white:.3f} vs "
-                            f"{bpda.threat_model} {a_bpda:.3f} (n={n})")
+    worst_gap, worst_detail, compared = _worst_excess([
+        (f"{attack} {norm} eps {eps:g}", [tms["white-box"]], [tms["bpda"]])
+        for (attack, norm, eps, _), tms in cells.items() if len(tms) == 2])
     if compared:
         result("white-box-vs-bpda", worst_gap <= tol,
                f"largest excess of the exact-gradient attack over BPDA: {worst_gap:+.3f} at "
                f"{worst_detail} ({compared} comparisons, tolerance {tol:g})")
+
+
+def _aware_vs_oblivious(group: list[ResultRow], tol: float, result: Any) -> None:
+    """On a defense that rejects, the detector-aware attack must not be weaker than the
+    detector-oblivious attacks (gray-box, white-box, ...): compared per (norm, eps) between the
+    strongest detector-aware row and every other row at that budget; no result where no
+    detector-aware row ran."""
+    budgets: dict[tuple[str, float], list[ResultRow]] = defaultdict(list)
+    for r in group:
+        budgets[(r.norm, eps_key(r.eps))].append(r)
+
+    def aware(r: ResultRow) -> bool:
+        return r.threat_model.split("+")[0] == "detector-aware"
+
+    worst_gap, worst_detail, compared = _worst_excess([
+        (f"{norm} eps {eps:g}", [r for r in rows if aware(r)], [r for r in rows if not aware(r)])
+        for (norm, eps), rows in budgets.items()])
+    if compared:
+        result("detector-aware-vs-oblivious", worst_gap <= tol,
+               f"largest excess of the detector-aware attack over a detector-oblivious one: "
+               f"{worst_gap:+.3f} at {worst_detail} ({compared} comparisons, tolerance {tol:g})")
 
 
 def write_sanity_csv(results: list[SanityResult], path: Path) -> Path:

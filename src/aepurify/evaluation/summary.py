@@ -12,6 +12,11 @@ Both are computed on the same images (the first ``n``, where ``n`` is the smalle
 the group), so ``adaptive_robust <= graybox_robust`` holds by construction: an image counts as
 robust only if it survives the worst attack it met. Sanity rows at the config's budgets count
 (they are attacks like any other); the sanity check's huge budget gets no summary line.
+
+For a defense that rejects (detectors), every row already counts rejection MagNet's way (a
+rejected adversarial image is correct, a rejected clean image an error), and
+``clean_rejection_rate`` gives the fraction of clean evaluations its detectors rejected on the
+same images, beside the robust accuracy.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from typing import Any
 import numpy as np
 
 from .formats import write_records_csv
+from .rejection import rejected_counts
 from .store import CLEAN, SANITY_PREFIX, ResultRow, eps_key
 from .verdicts import rule_correct
 
 SUMMARY_COLUMNS = ("dataset", "classifier", "purifier", "norm", "eps", "n", "clean",
                    "graybox_robust", "adaptive_robust", "worst_attack", "worst_accuracy",
-                   "attacks", "n_eval", "adaptive_majority_vote", "adaptive_single_draw")
+                   "attacks", "n_eval", "adaptive_majority_vote", "adaptive_single_draw",
+                   "clean_rejection_rate")
 
 
 @dataclass
@@ -50,6 +57,8 @@ class SummaryRow:
             example of a random purifier only if all n_eval evaluations are correct.
         adaptive_majority_vote, adaptive_single_draw: the adaptive robust accuracy under the
             majority-vote and single-draw rules (NaN for a deterministic purifier).
+        clean_rejection_rate: for a defense with detectors, the fraction of the clean
+            evaluations of the n images that a detector rejected (NaN for one without).
     """
 
     dataset: str
@@ -67,6 +76,7 @@ class SummaryRow:
     n_eval: int = 1
     adaptive_majority_vote: float = float("nan")
     adaptive_single_draw: float = float("nan")
+    clean_rejection_rate: float = float("nan")
 
 
 def summarize(rows: list[ResultRow]) -> list[SummaryRow]:
@@ -109,8 +119,19 @@ def summarize(rows: list[ResultRow]) -> list[SummaryRow]:
             worst_accuracy=float(worst.correct[:n].mean()), attacks=len(group),
             n_eval=n_eval,
             adaptive_majority_vote=_worst_case(group, n, "majority_vote", n_eval),
-            adaptive_single_draw=_worst_case(group, n, "single_draw", n_eval)))
+            adaptive_single_draw=_worst_case(group, n, "single_draw", n_eval),
+            clean_rejection_rate=clean_rejection(clean_row, n)))
     return out
+
+
+def clean_rejection(clean_row: ResultRow | None, n: int) -> float:
+    """The fraction of the clean evaluations of the first n images that a detector rejected
+    (NaN for a defense without detectors)."""
+    counts = rejected_counts(clean_row.details, n) if clean_row is not None else None
+    if counts is None or not len(counts):
+        return float("nan")
+    n_eval = int(clean_row.details["detection"].get("n_eval") or 1)  # type: ignore[union-attr]
+    return float(counts.sum()) / (n_eval * len(counts))
 
 
 def _worst_case(group: list[ResultRow], n: int, rule: str, n_eval: int) -> float:
@@ -131,7 +152,7 @@ def write_summary_csv(summary: list[SummaryRow], path: Path) -> Path:
     """``summary.csv`` with the columns of :data:`SUMMARY_COLUMNS`."""
     def convert(rec: dict[str, Any]) -> dict[str, Any]:
         for k in ("clean", "graybox_robust", "adaptive_robust", "worst_accuracy",
-                  "adaptive_majority_vote", "adaptive_single_draw"):
+                  "adaptive_majority_vote", "adaptive_single_draw", "clean_rejection_rate"):
             rec[k] = "" if np.isnan(rec[k]) else round(rec[k], 6)
         return rec
 

@@ -19,6 +19,7 @@ from .apudae import APuDAE
 from .base import DefendedClassifier, Identity, Purifier
 from .feature_dae import HGD, FeatureDAE
 from .magnet import MagNet
+from .magnet_pool import MagNetPool
 from .patch_vae import VAE, PatchVAE
 from .probe import PropertyReport, PurifierProperties, probe_properties
 from .randomness import Randomness
@@ -27,13 +28,14 @@ from .transforms import JPEG, BitDepth, Median
 from .wrapped import FunctionPurifier, as_purifier
 
 __all__ = ["PURIFIERS", "Purifier", "DefendedClassifier", "create_purifier", "load_purifier",
-           "Identity", "MagNet", "S2SNet", "JPEG", "BitDepth", "Median", "FeatureDAE", "HGD",
+           "Identity", "MagNet", "MagNetPool", "S2SNet", "JPEG", "BitDepth", "Median", "FeatureDAE", "HGD",
            "APuDAE", "VAE", "PatchVAE", "as_purifier", "FunctionPurifier", "Randomness",
            "probe_properties", "PurifierProperties", "PropertyReport"]
 
 PURIFIERS: Registry[Purifier] = Registry("purifier")
 PURIFIERS.register("none")(Identity)
 PURIFIERS.register("magnet")(MagNet)
+PURIFIERS.register("magnet-pool")(MagNetPool)
 PURIFIERS.register("jpeg")(JPEG)
 PURIFIERS.register("bit-depth")(BitDepth)
 PURIFIERS.register("median")(Median)
@@ -54,8 +56,8 @@ def create_purifier(name: str, dataset: str | None = None, **params: Any) -> Pur
     """Build a purifier by name (untrained, if it is trainable).
 
     Args:
-        name: ``none``, ``magnet``, ``jpeg``, ``bit-depth``, ``median`` (and those later
-            issues add: ``s2snet``, ``feature-dae``, ``hgd``, ``apudae``, ``vae``, ``patch-vae``).
+        name: ``none``, ``magnet``, ``magnet-pool``, ``jpeg``, ``bit-depth``, ``median``,
+            ``s2snet``, ``feature-dae``, ``hgd``, ``apudae``, ``vae``, ``patch-vae``.
         dataset: if given, fills ``in_channels`` (and ``image_size`` where the purifier takes
             it) from the data set; explicit ``params`` win.
         params: the purifier's keyword arguments.

@@ -118,6 +118,7 @@ class APuDAE(Purifier):
     differentiable: ClassVar[bool] = False
     stochastic: ClassVar[bool] = True
     trainable = True
+    reconstructs = True
     default_eot_samples = 10
     paper = ("Kalaria, Hazra and Chakrabarti, Towards Adversarial Purification using Denoising "
              "AutoEncoders, arXiv 2208.13838 (NeurIPS 2022 MLSW)")
@@ -162,6 +163,8 @@ class APuDAE(Purifier):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """DAE(x) clipped to [0, 1]: (N, C, H, W) -> (N, C, H, W), differentiable."""
         return self.dae(x).clamp(0, 1)
+
+    reconstruction = reconstruct  # what a detector compares x with: DAE(x), not the refined x
 
     def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
         """r(x) = sum over pixels of (x - DAE(x))^2 per image, (N,) (the authors' ``rec_error``);

@@ -8,6 +8,10 @@ It declares how an attacker may differentiate it:
 - ``surrogate(x)``: the differentiable approximation BPDA backpropagates through (identity by
   default, Athalye, Carlini and Wagner, ICML 2018).
 
+An autoencoder purifier also declares ``reconstructs`` and offers ``reconstruction(x)``, the
+image its reconstruction error compares x with, so it can feed a detector (MagNet, Meng and Chen
+2017; :mod:`aepurify.detectors`).
+
 A stochastic purifier's draws can be sampled apart from their use and replayed
 (``sample_randomness`` / ``forward(x, randomness=...)``, see :mod:`.randomness`).
 """
@@ -21,6 +25,7 @@ from torch import nn
 
 from ..checkpoint import Configurable
 from ..checks import check_images
+from ..errors import NotApplicableError
 from .randomness import Randomness, replay, seed_randomness
 
 if TYPE_CHECKING:
@@ -50,6 +55,8 @@ class Purifier(Configurable, nn.Module):
         needs_classifier: training uses the defended classifier (so its cache key includes it).
         default_eot_samples: EOT draws used when a config does not say.
         paper: the paper the purifier follows.
+        reconstructs: an autoencoder with a reconstruction error, so it can feed a detector
+            (:meth:`reconstruction`).
 
     Args:
         in_channels: expected C, or None to accept any number of channels.
@@ -74,6 +81,7 @@ class Purifier(Configurable, nn.Module):
     needs_classifier: ClassVar[bool] = False
     default_eot_samples: ClassVar[int] = 10
     paper: ClassVar[str] = ""
+    reconstructs: ClassVar[bool] = False
 
     def __init__(self, in_channels: int | None = None) -> None:
         super().__init__()
@@ -131,6 +139,30 @@ class Purifier(Configurable, nn.Module):
         is not the verdict's forward pass; the default purifier has none and ignores it.
         Returns self."""
         return self
+
+    def reconstruction(self, x: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's reconstruction AE(x) that its reconstruction error compares x with
+        (MagNet's detectors; :mod:`aepurify.detectors`): by default the purified image itself
+        (MagNet's reformer is its autoencoder); a purifier whose output is not its autoencoder's
+        (APuDAE refines the input) overrides this. Differentiable where the autoencoder is;
+        random where the purifier is.
+
+        Shapes: (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1].
+
+        Raises:
+            NotApplicableError: the purifier has no reconstruction error (``reconstructs`` is
+                False: JPEG, bit-depth, median, a plain function).
+        """
+        if not self.reconstructs:
+            raise NotApplicableError(f"{type(self).__name__} has no reconstruction error, so it "
+                                     "cannot feed a reconstruction-error detector")
+        return self(x)
+
+    @property
+    def reconstruction_is_output(self) -> bool:
+        """Whether :meth:`reconstruction` is the purified image itself (then a defense computes
+        it once, and a random purifier's reformer and detectors share one draw)."""
+        return self.reconstructs and type(self).reconstruction is Purifier.reconstruction
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor,
                       classifier: nn.Module | None = None) -> torch.Tensor:

@@ -121,6 +121,7 @@ class FeatureDAE(Purifier):
 
     trainable = True
     differentiable = True
+    reconstructs = True
     paper = "Sivamani, arXiv 1912.04497 (Feature Losses for Adversarial Robustness)"
 
     # Training defaults (train.extra is merged over them). The separate network is both the

@@ -5,9 +5,12 @@ Architecture (MagNet, Table 1): MNIST, ``pool=True``: Conv.Sigmoid 3x3x3, AvgPoo
 Conv.Sigmoid 3x3x3 | Conv.Sigmoid 3x3x3, Upsample 2x2, Conv.Sigmoid 3x3x3, Conv.Sigmoid 3x3xC.
 CIFAR-10, ``pool=False``: Conv.Sigmoid 3x3x3, Conv.Sigmoid 3x3x3, Conv.Sigmoid 3x3xC.
 Loss: MSE to the clean image plus a tiny L2 activity penalty on the code; noise sigma 0.1 on MNIST
-(0.025 on CIFAR-10). MagNet's detector (reconstruction error above a threshold at 0.001 false
-positives) is available as :meth:`MagNet.reconstruction_error`; the reformer alone is the
-purifier. Carlini and Wagner (2017) broke it white-box.
+(0.025 on CIFAR-10). The reformer is the purifier; MagNet's detectors (reconstruction error, L1 or
+L2, and the Jensen-Shannon divergence of the classifier's softmaxes on x and on the
+reconstruction, each thresholded at 0.001 false positives on held-out clean images) are
+:mod:`aepurify.detectors`, fed by this autoencoder (``detectors:`` on a config's purifier entry).
+MagNet's MNIST detector II uses a second autoencoder, ``pool=False``. Carlini and Wagner (2017)
+broke it with attacks that also evade the detectors.
 
 ``residual=True`` (not in MagNet) makes the last conv linear and adds its output to the input,
 ``clamp(x + D(E(x)), 0, 1)``, with that conv initialised to zero, so training starts from the
@@ -42,6 +45,7 @@ class MagNet(Purifier):
     """
 
     trainable = True
+    reconstructs = True
     paper = "Meng and Chen, CCS 2017 (MagNet)"
 
     def __init__(self, in_channels: int = 1, filters: int = 3, pool: bool = True,
@@ -86,6 +90,8 @@ class MagNet(Purifier):
         return loss + self.activity_reg * code.pow(2).sum() / x.shape[0]
 
     @torch.no_grad()
-    def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
-        """MagNet detector statistic: mean absolute reconstruction error per image, (N,)."""
-        return (self.purify(x) - x).abs().flatten(1).mean(1)
+    def reconstruction_error(self, x: torch.Tensor, p: int = 1) -> torch.Tensor:
+        """MagNet's detector score: mean over pixels of |x - AE(x)|^p per image, (N,) (p = 2:
+        MNIST detector I, p = 1: detector II and CIFAR-10's); see
+        :class:`aepurify.detectors.ReconstructionErrorDetector`."""
+        return (self.purify(x) - x).abs().pow(p).flatten(1).mean(1)

@@ -62,6 +62,7 @@ class _VariationalPurifier(Purifier):
     and the declared randomness (stochastic exactly when sampling)."""
 
     trainable = True
+    reconstructs = True
     paper = "Luo and Pfister, arXiv 1812.02891 (VAE defense)"
 
     def __init__(self, in_channels: int, sample: bool, recon_loss: str, kl_weight: float,

@@ -128,6 +128,7 @@ class S2SNet(Purifier):
 
     trainable = True
     needs_classifier = True
+    reconstructs = True
     paper = "Folz, Palacio, Hees, Borth and Dengel, WACV 2020 (S2SNets), arXiv 1803.07994"
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, width: int = 64,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analyses import AnalysisResult
+from ..detection import write_detection_csv
 from ..formats import fmt_eps, write_records_csv  # noqa: F401  (their home: formats)
 from ..sanity import SanityResult, write_sanity_csv
 from ..store import COLUMNS, ResultRow
@@ -37,8 +38,8 @@ def write_report(out: Path, rows: list[ResultRow], record: dict[str, Any], *,
                  sanity: list[SanityResult] | None = None,
                  analyses: list[AnalysisResult] | None = None,
                  examples: list[tuple[str, str]] | None = None) -> None:
-    """Write results.csv, summary.csv, sanity.csv, headline.png, accuracy-<threat model>.png,
-    report.md and report.html into ``out``.
+    """Write results.csv, summary.csv, sanity.csv, detection.csv (defenses that reject),
+    headline.png, accuracy-<threat model>.png, report.md and report.html into ``out``.
 
     Args:
         out: the output folder (exists).
@@ -54,6 +55,7 @@ def write_report(out: Path, rows: list[ResultRow], record: dict[str, Any], *,
     write_csv(rows, out / "results.csv")
     write_summary_csv(summary, out / "summary.csv")
     write_sanity_csv(sanity or [], out / "sanity.csv")
+    write_detection_csv(rows, out / "detection.csv")
     headline = plot_headline(summary, out)
     plots = plot_threat_models(rows, out)
     write_markdown(out / "report.md", rows, record, headline=headline, plots=plots,

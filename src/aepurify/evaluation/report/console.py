@@ -1,7 +1,7 @@
 """The console summary of a run, readable in 80 columns whether or not the output is a terminal:
 per defense and budget, clean, gray-box robust and adaptive robust accuracy and the worst single
-attack; then one line per failed sanity check (explained ones as findings, not bugs) and per
-failed row. The full grid is in
+attack (and, when a defense rejects, its clean rejection rate); then one line per failed sanity
+check (explained ones as findings, not bugs) and per failed row. The full grid is in
 report.md / report.html."""
 
 from __future__ import annotations
@@ -34,18 +34,24 @@ def summary_console(file: IO[str] | None = None, stderr: bool = False) -> Consol
 
 
 def summary_table(summary: Sequence[SummaryRow], title: str = "robust accuracy") -> Table:
-    """One line per (defense, norm, eps): n, clean, gray-box robust, adaptive robust, and the
-    worst single attack's accuracy and name (threat model / attack). Long labels wrap inside
-    their column; numbers never shrink. Epsilons are L-inf unless the norm is named."""
+    """One line per (defense, norm, eps): n, clean, the clean rejection rate where a defense has
+    detectors, gray-box robust, adaptive robust, and the worst single attack's accuracy and name
+    (threat model / attack). Long labels wrap inside their column; numbers never shrink.
+    Epsilons are L-inf unless the norm is named."""
     several = several_classifiers(summary)
+    rejects = any(s.clean_rejection_rate == s.clean_rejection_rate for s in summary)
+    caption = ("gray: gray-box robust; adapt: adaptive robust (per-example worst case over "
+               "every attack); worst: the strongest single attack (lowest accuracy). ")
+    if rejects:
+        caption += ("rej: clean images rejected by a detector (an error); a rejected "
+                    "adversarial image counts as robust. ")
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
                   collapse_padding=True,
                   title_justify="left", caption_justify="left",
-                  caption="gray: gray-box robust; adapt: adaptive robust (per-example worst case "
-                          "over every attack); worst: the strongest single attack (lowest "
-                          "accuracy). Every row and plot: report.md")
+                  caption=caption + "Every row and plot: report.md")
     table.add_column("defense", overflow="fold", min_width=8, max_width=18)
-    for name in ("eps", "n", "clean", "gray", "adapt", "worst"):
+    names = ("eps", "n", "clean", *(("rej",) if rejects else ()), "gray", "adapt", "worst")
+    for name in names:
         table.add_column(name, justify="left" if name == "eps" else "right", no_wrap=True)
     table.add_column("worst attack", overflow="fold", ratio=1, min_width=10)
     previous = None
@@ -53,8 +59,9 @@ def summary_table(summary: Sequence[SummaryRow], title: str = "robust accuracy")
         label = defense_label(s.classifier, s.purifier, several)
         gray = "-" if s.graybox_robust != s.graybox_robust else f"{s.graybox_robust:.3f}"
         eps = fmt_eps(s.eps) if s.norm == "linf" else f"{s.norm} {fmt_eps(s.eps)}"
+        rej = (_num(s.clean_rejection_rate),) if rejects else ()
         table.add_row(escape(label) if label != previous else "", eps, str(s.n),
-                      f"{s.clean:.3f}", gray, f"{s.adaptive_robust:.3f}",
+                      f"{s.clean:.3f}", *rej, gray, f"{s.adaptive_robust:.3f}",
                       f"{s.worst_accuracy:.3f}", escape(s.worst_attack))
         previous = label
     return table

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analyses import AnalysisResult
+from ..detection import detection_lines
 from ..formats import fmt_eps, md_text
 from ..sanity import SanityResult
 from ..store import ResultRow
@@ -37,17 +38,24 @@ def headline_lines(headline: str | None) -> list[str]:
 
 
 def summary_lines(summary: list[SummaryRow], several: bool) -> list[str]:
-    """The adaptive-protocol table: clean, gray-box and adaptive robust accuracy."""
+    """The adaptive-protocol table: clean, gray-box and adaptive robust accuracy (and, where a
+    defense rejects, its clean rejection rate beside them)."""
+    rejects = any(s.clean_rejection_rate == s.clean_rejection_rate for s in summary)
+    extra = (" clean rejection |", "---:|") if rejects else ("", "")
     lines = ["## Adaptive robust accuracy", "",
              "Per-example worst case: an image counts as robust only if it survives every "
              "attack it met (gray-box: every gray-box attack; adaptive: every attack under every "
-             "threat model), on the same images (n).", "",
-             "| defense | norm | eps | n | clean | gray-box robust | adaptive robust | "
-             "worst single attack | rows |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+             "threat model), on the same images (n)."
+             + (" A defense with detectors counts a rejected adversarial image as robust and a "
+                "rejected clean image as an error; its clean rejection rate is shown beside "
+                "(see the detection section)." if rejects else ""), "",
+             f"| defense | norm | eps | n | clean |{extra[0]} gray-box robust | adaptive robust | "
+             "worst single attack | rows |", f"|---|---|---:|---:|---:|{extra[1]}---:|---:|---|---:|"]
     for s in by_defense(summary):
         gray = "-" if s.graybox_robust != s.graybox_robust else f"{s.graybox_robust:.3f}"
+        rej = f" {_num(s.clean_rejection_rate)} |" if rejects else ""
         lines.append(f"| {_defense(s.classifier, s.purifier, several)} | {md_text(s.norm)} | "
-                     f"{fmt_eps(s.eps)} | {s.n} | {s.clean:.3f} | {gray} | "
+                     f"{fmt_eps(s.eps)} | {s.n} | {s.clean:.3f} |{rej} {gray} | "
                      f"**{s.adaptive_robust:.3f}** | {md_text(s.worst_attack)} "
                      f"({s.worst_accuracy:.3f}) | {s.attacks} |")
     return lines
@@ -218,6 +226,8 @@ def write_markdown(path: Path, rows: list[ResultRow], record: dict[str, Any], *,
     if sanity:
         lines += sanity_lines(sanity, several) + [""]
     lines += run_lines(record) + [""]
+    detection = detection_lines(rows, summary or [], record, several)
+    lines += detection + ([""] if detection else [])
     lines += grid_lines(rows, record, plots or {})
     for result in analyses or []:
         lines += ["", f"## {md_text(result.title)}", "", result.markdown.rstrip()]
