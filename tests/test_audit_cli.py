@@ -4,6 +4,7 @@ library's chatter, a quick audit that says why it has no gray-box figure (issue 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,13 @@ def test_a_quick_audit_says_why_it_has_no_gray_box_figure_and_art_stays_quiet(us
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("  gray-box robust"))
     assert line.split()[2] == "-" and "runs no gray-box attack" in proc.stdout, proc.stdout
     assert "worst: the strongest single attack" in proc.stdout.replace("\n", " ")
+
+
+def test_precision_of_the_attack_gradients(user_dir, tmp_path):
+    """--precision reaches the audit (run.json records it) and a bad name is one line."""
+    assert_one_line_error(_audit(user_dir, "my_defenses:quantize", "--precision", "fp8"),
+                          "unknown precision 'fp8'")
+    proc = _audit(user_dir, "my_defenses:quantize", "--precision", "bf16",
+                  "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["precision"] == "bf16"
