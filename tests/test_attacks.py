@@ -210,7 +210,7 @@ def test_threat_model_parsing_and_applicability():
     assert parse_threat_model("eot") == ("", True)
     with pytest.raises(ConfigError, match="unknown threat model"):
         parse_threat_model("oracle")
-    with pytest.raises(ConfigError, match="combine it with white-box, bpda or black-box"):
+    with pytest.raises(ConfigError, match="combine it with white-box, bpda, black-box or detector-aware"):
         parse_threat_model("gray-box+eot")
     jpeg = create_purifier("jpeg")
     with pytest.raises(NotApplicableError, match="not differentiable"):
