@@ -91,3 +91,18 @@ def test_no_source_file_passes_400_lines():
         if rel in KNOWN_LONG_FILES:  # the list only shrinks
             assert lines > MAX_LINES, f"{rel} is now {lines} lines: drop it from KNOWN_LONG_FILES"
     assert not too_long, f"split these files (more than {MAX_LINES} lines): {too_long}"
+
+
+def test_no_file_cites_what_the_project_does_not_hold():
+    """Code, docs and configs cite the project's own files (docs/methods.md, docs/*.md) and the
+    papers, never the planning notes beside the repository (METHODS.md, DESIGN.md, ../shared)."""
+    outside = ("METHODS.md", "DESIGN.md", "../shared")
+    found = []
+    for folder, pattern in (("src", "*.py"), ("docs", "*.md"), ("configs", "*.yaml"),
+                            ("benchmarks", "*.py")):
+        for path in (REPO / folder).rglob(pattern):
+            text = path.read_text(encoding="utf-8")
+            found += [f"{path.relative_to(REPO)}: {name}" for name in outside if name in text]
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    found += [f"README.md: {name}" for name in outside if name in text]
+    assert not found, found

@@ -1,5 +1,5 @@
 """Arithmetic precision: bf16 autocast and channels-last where the hardware runs them fast, fp32
-elsewhere (DESIGN.md, "Scale, concretely").
+elsewhere (docs/evaluation.md, "Precision and speed").
 
 A CPU with AMX-BF16 or AVX512-BF16 runs bf16 convolutions (oneDNN) 2 to 4 times faster than fp32,
 and channels-last activations roughly double the gain of bf16 alone; a GPU has bf16 tensor

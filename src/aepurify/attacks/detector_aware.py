@@ -1,5 +1,5 @@
 """The ``detector-aware`` threat model's attack: fool the classifier *and* keep every detector
-under its threshold (DESIGN.md, "Defenses that reject").
+under its threshold (docs/purifiers/magnet.md, "How it is attacked").
 
 Detector-oblivious attacks (gray-box, white-box through the reformer alone) say little about a
 defense that rejects: Carlini and Wagner broke MagNet only with attacks that also evade its

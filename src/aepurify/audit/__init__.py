@@ -1,5 +1,4 @@
-"""Audit your own defense: any classifier, any purifier, one call (DESIGN.md, "Bringing your own
-defense").
+"""Audit your own defense: any classifier, any purifier, one call (docs/audit.md).
 
     >>> import aepurify as ap
     >>> result = ap.audit(my_net, my_denoiser, x, y, norm="linf", eps=8 / 255)

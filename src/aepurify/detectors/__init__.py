@@ -1,5 +1,5 @@
-"""Detectors: defenses that reject (MagNet, Meng and Chen, CCS 2017; DESIGN.md, "Defenses that
-reject, and bounds that hold").
+"""Detectors: defenses that reject (MagNet, Meng and Chen, CCS 2017;
+docs/purifiers/magnet.md).
 
 A detector is a score per image plus a threshold fixed on clean held-out images at a chosen
 false-positive rate; a defense with detectors rejects an input if any fires. Any purifier with a

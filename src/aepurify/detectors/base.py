@@ -1,5 +1,6 @@
 """A detector is a score per image plus a threshold fixed on clean held-out images at a chosen
-false-positive rate (MagNet, Meng and Chen, CCS 2017; DESIGN.md, "Defenses that reject").
+false-positive rate (MagNet, Meng and Chen, CCS 2017;
+docs/purifiers/magnet.md).
 
 An image is rejected when its score reaches the threshold. The threshold follows MagNet's
 ``Operator.get_thrs`` (reference code Trevillie/MagNet, ``worker.py``): with n clean calibration

@@ -1,5 +1,5 @@
-"""``detection.csv`` and the report's section on defenses that reject (MagNet; DESIGN.md,
-"Defenses that reject"), read from the finished rows and the run record.
+"""``detection.csv`` and the report's section on defenses that reject (MagNet;
+docs/evaluation.md, "Defenses that reject"), read from the finished rows and the run record.
 
 Per row of a defense with detectors: the defense's clean rejection rate (its clean row, on the
 row's images), the adversarial rejection rate (the row's own), the accuracy on the inputs its

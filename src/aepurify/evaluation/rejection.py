@@ -1,5 +1,5 @@
-"""The verdict of a row of a defense that rejects (MagNet's rule, Meng and Chen 2017; DESIGN.md,
-"Defenses that reject"):
+"""The verdict of a row of a defense that rejects (MagNet's rule, Meng and Chen 2017;
+docs/evaluation.md, "Defenses that reject"):
 
 - a clean image is correct only if every detector accepts it and it is classified correctly;
 - an adversarial image is correct if a detector rejects it, or if it is accepted and classified
