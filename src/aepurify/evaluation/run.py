@@ -245,10 +245,6 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
             correct[index] = ok
             verdict = verdict.spread(index, cell.n) if verdict is not None else None
             details.update(perturbation_size(x[pick], kept))
-            if counts is not None:  # rates over the attacked examples only
-                details.update(counts.details(adversarial=True))
-                details["detection"]["over"] = "attacked"
-                counts = None
         elif cell.n_eval > 1:  # nothing left to attack: the rules' verdicts say so too
             empty = np.zeros(0, dtype=bool)
             verdict = Verdict(cell.n_eval, empty, empty, empty).spread(index, cell.n)
@@ -270,6 +266,8 @@ def compute_cell(work: Workload, cell: Cell, shared: _SharedCrafts | None = None
         details.update(verdict.details())
     if counts is not None:
         details.update(counts.details(adversarial=cell.attack is not None))
+        if alive is not None:  # counted over the examples it attacked only
+            details["detection"]["over"] = "attacked"
     c = cell.key
     row = ResultRow(*c[:6], eps=c[6], n=len(correct), accuracy=float(correct.mean()),
                     seconds=seconds, correct=correct, spec_hash=cell.spec_hash, details=details)
