@@ -18,6 +18,10 @@ os.environ["AEPURIFY_CPU_BF16"] = "0"
 
 import torch  # noqa: E402
 
+from aepurify.allocator import tune_allocator  # noqa: E402
+
+tune_allocator()  # as the aepurify command does: freed tensors' memory is reused, not re-faulted
+
 REPO = Path(__file__).resolve().parents[1]
 
 

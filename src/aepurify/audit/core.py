@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..allocator import allocator_record
 from ..attacks import default_n_eval, plan_threat_models
 from ..errors import AepurifyError, ConfigError
 from ..evaluation.cells import DefenseKeys
@@ -284,7 +285,8 @@ def _record(inputs: AuditInputs, dataset: str, version: str, norm: str, eps: flo
                              "n_eval": n_eval, "seed": seed}},
         "seed": seed, "code_version": code_version(), "command": " ".join(sys.argv),
         "python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-        "threads": torch.get_num_threads(), "test_images": n, "test_source": dataset,
+        "threads": torch.get_num_threads(), "allocator": allocator_record(),
+        "test_images": n, "test_source": dataset,
         "models": {f"classifier:{inputs.classifier_label}": {
             "key": inputs.classifier_key, "origin": "audit",
             "num_classes": inputs.classifier.num_classes},

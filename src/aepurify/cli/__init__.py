@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from ..allocator import tune_allocator
 from ..errors import AepurifyError, RankFailedError
 from . import audit, certify, evaluate, purify, train  # noqa: F401  (register the commands)
 from .app import _overrides, app, console  # noqa: F401  (_overrides: tests import it here)
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     # one, announces "set ART_DATA_PATH to ..." at INFO when it is first imported)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("aepurify").setLevel(logging.INFO)
+    tune_allocator()  # glibc keeps freed tensors' memory: 1.3x on CPU training (allocator.py)
     try:
         app(args=argv, prog_name="aepurify")
     except RankFailedError:  # under torchrun: the failed rank printed the problem itself

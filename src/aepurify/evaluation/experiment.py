@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..allocator import allocator_record
 from ..data import ImageDataset, dataset_spec, load_dataset
 from ..precision import resolve_precision
 from ..purifiers import Purifier, create_purifier, purifier_class
@@ -195,6 +196,7 @@ def run_record(exp: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         "precision": exp.workload.precision,
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "allocator": allocator_record(),
         "dataset_note": spec.note,
         "test_images": len(exp.test), "test_source": exp.test.source,
         "models": models,
