@@ -14,9 +14,9 @@ time fell to nothing (``python benchmarks/allocator.py`` measures it, side by si
 that the process keeps its peak heap instead of returning it to the system between steps.
 
 It changes a process-wide setting, so the library never calls it on import: the ``aepurify``
-command, the test suite and the benchmarks do; a program that uses aepurify as a library may
-call it itself. ``AEPURIFY_MALLOC=default`` turns it off; it does nothing where the C library is
-not glibc (macOS, musl).
+command and the test suite do (and ``benchmarks/allocator.py`` on its tuned side); a program
+that uses aepurify as a library may call it itself. ``AEPURIFY_MALLOC=default`` turns it off; it
+does nothing where the C library is not glibc (macOS, musl).
 """
 
 from __future__ import annotations
