@@ -124,6 +124,46 @@ def test_noise_is_replayable_and_counts_match_a_plain_loop(tiny_lenet, mnist_bat
     assert not np.array_equal(a, other)
 
 
+def test_bf16_counting_is_its_own_base_classifier(tiny_lenet, mnist_batch):
+    """precision bf16 counts the same replayable draws through the network under bf16
+    autocast: a base classifier of its own, so a plain bf16 loop over the same chunks gives the
+    same counts; the weights come back in their own layout; another precision is refused."""
+    x = mnist_batch[0][0]
+    smoothed = SmoothedClassifier(tiny_lenet, None, sigma=0.5, max_pixels=300 * 784,
+                                  precision="bf16")
+    a = smoothed.counts(x, 700, noise_generator(7, "estimation", 4))
+    plain = np.zeros(10, dtype=np.int64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for noise in noise_chunks(tuple(x.shape), 700, 0.5, noise_generator(7, "estimation", 4),
+                                  300 * 784):
+            noisy = (x + noise).clamp(0, 1).contiguous(memory_format=torch.channels_last)
+            plain += np.bincount(tiny_lenet(noisy).float().argmax(1).numpy(), minlength=10)
+    assert np.array_equal(a, plain) and a.sum() == 700
+    assert all(p.is_contiguous() for p in tiny_lenet.parameters())
+    assert smoothed.describe()["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="fp32 or bf16"):
+        SmoothedClassifier(tiny_lenet, None, sigma=0.5, precision="fp16")
+
+
+def test_counting_precision_is_recorded_and_keys_the_answers(tiny_lenet, mnist_batch, tmp_path,
+                                                             monkeypatch):
+    """A bf16 run certifies another base classifier than an fp32 one: it is recorded, and the
+    fp32 run's answers in the same folder are not read back for it."""
+    x, y = mnist_batch[0][:2], mnist_batch[1][:2]
+    kwargs = dict(sigma=0.25, n=100, n0=20, radii=[0], attack=False, out=tmp_path)
+    fp32 = ap.certify(tiny_lenet, None, x, y, **kwargs)
+    calls = []
+    counts = SmoothedClassifier.counts
+    monkeypatch.setattr(SmoothedClassifier, "counts",
+                        lambda self, *a, **k: calls.append(self.precision) or counts(self, *a, **k))
+    bf16 = ap.certify(tiny_lenet, None, x, y, precision="bf16", **kwargs)
+    assert fp32.record["counting_precision"] == "fp32"
+    assert bf16.record["counting_precision"] == "bf16"
+    assert calls == ["bf16"] * 4  # selection and estimation of both images, recomputed
+    assert "counting passes (the certified base classifier) in bf16" in (
+        tmp_path / "report.md").read_text()
+
+
 def _run(labels, preds, radii, attacked):
     """A DefenseRun built by hand: certificates (prediction, radius), attacked predictions."""
     certs = [{"prediction": p, "radius": r, "p_lower": 0.9, "count": 0, "top_class": p}
@@ -219,6 +259,7 @@ def test_denoised_smoothing_with_a_purifier(tiny_lenet, mnist_batch):
     ({"sigma": 0}, "sigma"), ({"sigma": 0.5, "n0": 0}, "n0"), ({"sigma": 0.5, "alpha": 1.5},
                                                                  "alpha"),
     ({"sigma": 0.5, "radii": [-1]}, "radii"), ({"sigma": 0.5, "attack": {"stepz": 3}}, "stepz"),
+    ({"sigma": 0.5, "precision": "fp16"}, "precision"),
 ])
 def test_bad_settings_are_one_line_errors(tiny_lenet, mnist_batch, kwargs, message):
     x, y = mnist_batch[0][:2], mnist_batch[1][:2]

@@ -85,6 +85,7 @@ def test_certify_command_runs_a_config_end_to_end(tmp_path, capsys):
     assert {r["purifier"] for r in rows} == {"magnet"}
     run = (out / "run.json").read_text()
     assert '"gaussian_denoiser"' in run and '"stability"' in run
+    assert '"counting_precision": "fp32"' in run and '"allocator"' in run
     # plain randomized smoothing of the same (cached) LeNet
     plain = tmp_path / "plain"
     assert _run(["certify", "certify/mnist-sigma0.5", "--out", str(plain), *TINY,
@@ -113,6 +114,7 @@ def test_certify_command_with_the_audit_inputs(tmp_path, tiny_lenet):
     (["certify", "certify/mnist-sigma0.5"], "--out"),
     (["certify", "certify/mnist-sigma0.5", "--out", "o", "--radii", "0,a"], "--radii"),
     (["certify", "no-such-config", "--out", "o"], "not found"),
+    (["certify", "certify/mnist-sigma0.5", "--out", "o", "--precision", "fp16"], "precision"),
     (["train", "purifier", "magnet", "--dataset", "mnist", "--out", "o",
       "--denoiser-sigma", "0.5"], "--denoiser-objective"),
     (["train", "purifier", "magnet", "--dataset", "mnist", "--out", "o",

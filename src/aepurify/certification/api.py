@@ -15,6 +15,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from ..allocator import allocator_record
 from ..audit.inputs import prepare_inputs
 from ..errors import ConfigError
 from ..evaluation.lock import output_lock
@@ -37,8 +38,8 @@ def certify(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
             alpha: float = 0.001, radii: Sequence[float] = DEFAULT_RADII,
             attack: SmoothAdvSettings | dict[str, Any] | bool | None = True,
             out: str | Path | None = None, device: str = "auto", seed: int = 0,
-            max_pixels: int | None = None, dataset: str = "certify", name: str | None = None,
-            record: dict[str, Any] | None = None) -> CertifyResult:
+            max_pixels: int | None = None, precision: str = "fp32", dataset: str = "certify",
+            name: str | None = None, record: dict[str, Any] | None = None) -> CertifyResult:
     """Certified accuracy (a lower bound) beside attacked accuracy (an upper bound) of the
     smoothed classifier ``g(x) = argmax_c P[f(D(clip(x + delta, 0, 1))) = c]``,
     ``delta ~ N(0, sigma^2 I)``, per L2 radius.
@@ -72,6 +73,9 @@ def certify(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         seed: seeds every noise draw (replayable per image, see :mod:`.smoothing`).
         max_pixels: pixel values per call of D and f (None: by device, as EOT).
+        precision: the base classifier's arithmetic when counting (CERTIFY, PREDICT): ``fp32``,
+            ``bf16`` (autocast, channels-last: 3 to 4x faster on an AMX CPU, and a certificate
+            of the bf16 network, not of the fp32 one) or ``auto``.
         dataset, name: labels of the report; record: extra entries for run.json.
 
     Returns:
@@ -85,7 +89,8 @@ def certify(classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         OutputLockedError: another run writes to ``out``.
     """
     settings = make_settings(sigma=sigma, n=n, n0=n0, alpha=alpha, radii=list(radii),
-                             attack=attack, max_pixels=max_pixels, seed=seed)
+                             attack=attack, max_pixels=max_pixels, seed=seed,
+                             precision=precision)
     dev = pick_device(device)
     with _folder(out) as folder:
         return run_certification(classifier, purifier, x, y, settings, folder,
@@ -104,7 +109,7 @@ def run_certification(classifier: nn.Module | Callable[[torch.Tensor], torch.Ten
     seed = settings.seed
     inputs = prepare_inputs(classifier, purifier, x, y, device, seed)
     smoothed = SmoothedClassifier(inputs.classifier, inputs.purifier, settings.sigma,
-                                  settings.max_pixels)
+                                  settings.max_pixels, settings.counting(device))
     bpda = not inputs.undefended and attack_needs_bpda(inputs.purifier)
     labels = (inputs.classifier_label, inputs.purifier_label)
     keys = {"classifier": inputs.classifier_key, "purifier": inputs.purifier_key}
@@ -123,7 +128,9 @@ def run_certification(classifier: nn.Module | Callable[[torch.Tensor], torch.Ten
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "pixel_budget": budget,
            "draws_per_call": draws_per_call(tuple(inputs.x.shape[1:]), budget),
            "attack_backward": "bpda (surrogate)" if bpda else "exact",
+           "counting_precision": smoothed.precision,
            "attack_precision": settings.attack.arithmetic(device), "keys": keys,
+           "allocator": allocator_record(),
            "seconds": run.seconds, **(record or {})}
     result = CertifyResult(run, rows, settings, rec)
     if keep:

@@ -77,7 +77,9 @@ class CertifyConfig(_Strict):
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         classifier: f (a :class:`ClassifierEntry`, as in ``evaluate``).
         purifier: D (:class:`DenoiserEntry`), or None for plain randomized smoothing.
-        sigma, n, n0, alpha, radii, attack, max_pixels: as :class:`CertifySettings`.
+        sigma, n, n0, alpha, radii, attack, max_pixels, precision: as
+            :class:`CertifySettings` (precision: the counting passes', part of what is
+            certified).
     """
 
     name: str = "certify"
@@ -95,6 +97,7 @@ class CertifyConfig(_Strict):
     radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII), min_length=1)
     attack: SmoothAdvSettings = Field(default_factory=SmoothAdvSettings)
     max_pixels: int | None = Field(None, ge=1)
+    precision: str = "fp32"
 
     @field_validator("device")
     @classmethod
@@ -109,7 +112,8 @@ class CertifyConfig(_Strict):
         try:
             return CertifySettings(sigma=self.sigma, n=self.n, n0=self.n0, alpha=self.alpha,
                                    radii=self.radii, attack=self.attack,
-                                   max_pixels=self.max_pixels, seed=self.seed)
+                                   max_pixels=self.max_pixels, seed=self.seed,
+                                   precision=self.precision)
         except ValidationError as exc:
             raise ConfigError(first_error(exc)) from None
 

@@ -140,7 +140,8 @@ def markdown_lines(run: DefenseRun, rows: list[BracketRow], record: dict[str, An
               f"- seed {record['seed']}, code version {md_text(record['code_version'])}, "
               f"device {md_text(record['device'])}, torch {md_text(record['torch'])}",
               f"- noise draws per call: {record['draws_per_call']} (pixel budget "
-              f"{record['pixel_budget']:,}); counting passes in float32, attack gradients in "
+              f"{record['pixel_budget']:,}); counting passes (the certified base classifier) in "
+              f"{record.get('counting_precision', 'fp32')}, attack gradients in "
               f"{record.get('attack_precision', 'fp32')}",
               f"- wall time: certify {record['seconds'].get('certify', 0):.0f} s, attack "
               f"{record['seconds'].get('attack', 0):.0f} s in this process (0: read back from "

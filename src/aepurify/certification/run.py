@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ConfigError
 from ..evaluation.store import ResultStore
+from ..precision import Precision, check_precision, resolve_precision
 from ..utils import batches, progress_bar, stable_hash
 from .cohen import ABSTAIN, check_alpha
 from .smoothadv import SmoothAdvSettings, smoothadv, smoothadv_batch_size
@@ -39,6 +40,10 @@ class CertifySettings(BaseModel):
         max_pixels: pixel values per call of D and f (None: 256 CIFAR-10-sized images on a CPU,
             4,096 on an accelerator, as EOT).
         seed: base seed of every noise draw.
+        precision: the base classifier's arithmetic in every counting pass (CERTIFY and
+            PREDICT): ``fp32`` (default), ``bf16`` or ``auto`` (bf16 where the hardware runs it
+            fast). Part of what is certified (:mod:`.smoothing`); the attack's gradients have
+            their own (``attack.precision``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -51,6 +56,16 @@ class CertifySettings(BaseModel):
     attack: SmoothAdvSettings = Field(default_factory=SmoothAdvSettings)
     max_pixels: int | None = Field(None, ge=1)
     seed: int = 0
+    precision: str = "fp32"
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: str) -> str:
+        return check_precision(value)
+
+    def counting(self, device: torch.device | str) -> Precision:
+        """The counting passes' precision on ``device`` (``fp32`` or ``bf16``)."""
+        return resolve_precision(self.precision, device)
 
     @field_validator("radii")
     @classmethod
@@ -106,6 +121,8 @@ def _specs(settings: CertifySettings, keys: dict[str, str], budget: int,
            device: torch.device) -> tuple[str, str]:
     """Hashes of what determines the certificates and the attacked verdicts."""
     base = {"keys": keys, "sigma": settings.sigma, "seed": settings.seed, "budget": budget}
+    if settings.counting(device) != "fp32":  # fp32 runs keep the keys of earlier versions
+        base["precision"] = settings.counting(device)
     cert = stable_hash({**base, "n": settings.n, "n0": settings.n0, "alpha": settings.alpha})
     attack = stable_hash({**base, "attack": settings.attack.model_dump(), "alpha": settings.alpha,
                           "predict_n": settings.predict_n,

@@ -45,7 +45,8 @@ class SmoothAdvSettings(BaseModel):
         predict_n: PREDICT's draws for each adversarial example (None: the certification's n).
         precision: arithmetic of the attack's gradients (``auto``: bf16 autocast with
             channels-last where the hardware runs it fast, :mod:`aepurify.precision`, as
-            ``evaluate``'s attacks); the counting passes that judge the examples stay float32.
+            ``evaluate``'s attacks); the counting passes that judge the examples run in the
+            certification's own precision (:class:`~aepurify.certification.run.CertifySettings`).
     """
 
     model_config = ConfigDict(extra="forbid")

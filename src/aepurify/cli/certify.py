@@ -65,6 +65,9 @@ def certify(
     image_size: Annotated[int, typer.Option(help="Image side for an image folder.")] = 224,
     channels: Annotated[int, typer.Option(help="1 or 3 channels for an image folder.")] = 3,
     seed: Annotated[Optional[int], typer.Option(help="Seed of every noise draw (0).")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        help="Arithmetic of the counting passes, part of what is certified: fp32 (default), "
+             "bf16 (3-4x faster on an AMX CPU; certifies the bf16 network) or auto.")] = None,
     data_dir: DataDir = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Model cache folder.")] = None,
     device: Device = "auto",
@@ -74,7 +77,8 @@ def certify(
     or none) and attack it: certified and attacked accuracy side by side per L2 radius."""
     values = {"sigma": sigma, "n": n, "n0": n0, "alpha": alpha, "n_test": n_test, "seed": seed,
               "radii": _floats(radii, "--radii"), "attack.steps": attack_steps,
-              "attack.noise_draws": noise_draws, "attack.predict_n": predict_n}
+              "attack.noise_draws": noise_draws, "attack.predict_n": predict_n,
+              "precision": precision}
     values = {k: v for k, v in values.items() if v is not None}
     if no_attack:
         values["attack.enabled"] = False
