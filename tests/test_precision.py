@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from aepurify.attacks import EOT, attack_module, build_attack, resolve_threat_model
+from aepurify.attacks import (EOT, attack_arithmetic, attack_module, build_attack,
+                              resolve_threat_model)
 from aepurify.errors import ConfigError
 from aepurify.evaluation import evaluate
 from aepurify.evaluation.config import ExperimentConfig
@@ -108,7 +109,8 @@ def _grid(tmp_path, precision: str) -> dict:
         name="precision", dataset="mnist", n_test=60, batch_size=30, precision=precision,
         classifier={"arch": "lenet", "train": {"epochs": 1, "max_images": 500,
                                                "precision": "fp32"}},
-        purifiers=[{"name": "jpeg", "params": {"quality": 50}}], threat_models=["gray-box"],
+        purifiers=[{"name": "jpeg", "params": {"quality": 50}}],
+        threat_models=["gray-box", "bpda"],
         attacks=[{"name": "fgsm", "norm": "linf", "eps": [0.2]}])
     out = tmp_path / precision
     result = evaluate(config, out, cache_dir=tmp_path / "cache")
@@ -122,7 +124,18 @@ def test_a_run_records_and_hashes_its_precision_and_keeps_fp32_verdicts(tmp_path
     for key, row in fp32["rows"].items():
         other = bf16["rows"][key]
         assert row.spec_hash != other.spec_hash  # a resumed run never mixes the two
-        if row.attack == "none":  # clean rows: the same fp32 verdict
+        if row.attack == "none" or row.threat_model == "gray-box":
+            # clean rows: the same fp32 verdict; gray-box: fp32 gradients under bf16 too
             assert (row.correct == other.correct).all()
         else:
             assert abs(row.accuracy - other.accuracy) <= 0.05
+    assert any(r.threat_model == "bpda" for r in fp32["rows"].values())
+
+
+def test_classifier_only_and_gradient_free_attacks_keep_fp32_gradients():
+    assert attack_arithmetic("pgd", "white-box", "bf16") == "bf16"
+    assert attack_arithmetic("pgd", "bpda", "bf16") == "bf16"
+    assert attack_arithmetic("pgd", "gray-box", "bf16") == "fp32"
+    assert attack_arithmetic("fgsm", "transfer", "bf16") == "fp32"
+    assert attack_arithmetic("square", "black-box", "bf16") == "fp32"
+    assert attack_arithmetic("pgd", "white-box", "fp32") == "fp32"

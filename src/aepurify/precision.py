@@ -13,9 +13,11 @@ shows attacks lose no strength):
 
 - training loops (parameters, optimiser, BatchNorm statistics and the loss stay fp32 under
   autocast);
-- the forward and backward passes of the module an attack differentiates
+- the forward and backward passes of the module an attack differentiates through a purifier
   (:class:`AutocastModule`: the attack's own arithmetic and the logits it reads stay fp32) and
-  of adaptive attacks (:func:`autocast`);
+  of adaptive attacks (:func:`autocast`); gray-box and transfer attacks, which differentiate a
+  classifier alone, and gradient-free ones keep fp32
+  (:func:`aepurify.attacks.attack_arithmetic`);
 - inner optimisations of purifiers (APuDAE's refinement steps).
 
 The verdict (the forward pass that decides whether an example counts as correct, N-evaluation

@@ -7,8 +7,8 @@
 """
 
 from . import art_engine, autoattack, gradient, optimization  # noqa: F401  (register attacks)
-from .base import (ATTACKS, GRADIENT_FREE, NORMS, SINGLE_STEP, Attack, WithinBudget, build_attack,
-                   gradient_free, single_step)
+from .base import (ATTACKS, CLASSIFIER_ONLY, GRADIENT_FREE, NORMS, SINGLE_STEP, Attack,
+                   WithinBudget, attack_arithmetic, build_attack, gradient_free, single_step)
 from .fixed_randomness import FixedRandomness
 from .n_evaluation import NEvaluation, default_n_eval, n_evaluate
 from .planning import PlannedThreatModel, ThreatModelPlan, plan_threat_models
@@ -17,7 +17,7 @@ from .threat_models import (BASES, EOT, VARIANTS, BPDAClassifier, ThreatModel, a
                             split_threat_model)
 
 __all__ = ["ATTACKS", "GRADIENT_FREE", "NORMS", "SINGLE_STEP", "Attack", "WithinBudget",
-           "build_attack", "gradient_free", "single_step", "BASES", "VARIANTS", "EOT",
+           "build_attack", "gradient_free", "single_step", "attack_arithmetic", "CLASSIFIER_ONLY", "BASES", "VARIANTS", "EOT",
            "BPDAClassifier", "FixedRandomness",
            "ThreatModel", "attack_module", "bpda_purify", "check_attack", "parse_threat_model",
            "split_threat_model", "resolve_threat_model", "NEvaluation", "n_evaluate",

@@ -42,6 +42,26 @@ def gradient_free(name: str) -> bool:
     return name in GRADIENT_FREE
 
 
+# Threat models whose attacks differentiate a classifier alone, never the purifier: gray-box (the
+# bare classifier) and transfer (the source classifier). Their examples are judged through a
+# purifier they never saw, so a row hangs on how small perturbation details carry through it;
+# bf16 rounding of small gradient components (FGSM's signs) moved such rows by up to 0.027
+# against fp32 while every row that differentiates the purifier stayed within 0.01 or lower
+# (docs/evaluation.md, "Precision and speed"). They are also the cheap rows: the classifier's
+# passes without the purifier's. So they keep fp32 gradients.
+CLASSIFIER_ONLY = ("gray-box", "transfer")
+
+
+def attack_arithmetic(name: str, threat_model_base: str, precision: str) -> str:
+    """The arithmetic of an attack's gradients: ``precision`` (``bf16`` or ``fp32``, resolved)
+    where the attack differentiates a purifier, ``fp32`` for gradient-free attacks (their
+    queries decide like a verdict) and for the classifier-only threat models
+    (:data:`CLASSIFIER_ONLY`)."""
+    if gradient_free(name) or threat_model_base in CLASSIFIER_ONLY:
+        return "fp32"
+    return precision
+
+
 # Attacks that take one gradient step (FGSM, R-FGSM): the gradient at x (or near it) alone
 # decides their direction, so a purifier whose gradient there misleads defeats them while
 # iterative attacks, which correct their course, get through.

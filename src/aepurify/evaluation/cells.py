@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..attacks import ThreatModel
+from ..attacks import CLASSIFIER_ONLY, ThreatModel
 from ..errors import ConfigError
 from ..utils import stable_hash
 from .store import CLEAN, eps_key
@@ -171,11 +171,13 @@ class DefenseKeys:
                     n_eval=self.n_eval)
         cell.key = (self.dataset, self.classifier, self.purifier, tm.name, attack.label,
                     attack.norm, eps_key(eps))
-        cell.spec_hash = stable_hash({
-            **self._common(n), "tm": tm.name, "k": tm.eot_samples,
-            "source": source_key if tm.base == "transfer" else None,
-            "attack": attack.name, "norm": attack.norm, "eps": eps_key(eps),
-            "params": attack.params, "restarts": attack.restarts})
+        spec = {**self._common(n), "tm": tm.name, "k": tm.eot_samples,
+                "source": source_key if tm.base == "transfer" else None,
+                "attack": attack.name, "norm": attack.norm, "eps": eps_key(eps),
+                "params": attack.params, "restarts": attack.restarts}
+        if self.precision != "fp32" and tm.base in CLASSIFIER_ONLY:
+            spec["gradients"] = "fp32"  # rows crafted with bf16 gradients by earlier versions
+        cell.spec_hash = stable_hash(spec)
         return cell
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attacks import Attack, attack_module, build_attack, gradient_free
+from ..attacks import Attack, attack_arithmetic, attack_module, build_attack
 from ..attacks.detector_aware import make_detector_aware
 from ..checks import validated
 from ..detectors import DetectingClassifier, DetectorSet
@@ -334,9 +334,10 @@ def craft_cell(work: Workload, cell: Cell, defended: DefendedClassifier, x: torc
     # module the attack differentiates runs under autocast and returns fp32 logits, so the
     # attack's own arithmetic stays fp32; an adaptive or detector-aware attack (the project's
     # own code) runs whole under autocast. The verdict (_classify) runs outside, in fp32.
-    # A gradient-free attack (Square) decides by its queries' outputs alone, like a verdict:
-    # those stay fp32.
-    arithmetic = "fp32" if gradient_free(attack.name) else work.precision
+    # A gradient-free attack (Square) decides by its queries' outputs alone, like a verdict, and
+    # gray-box and transfer attacks differentiate a classifier without the purifier: those stay
+    # fp32 (attacks.base.attack_arithmetic says why).
+    arithmetic = attack_arithmetic(attack.name, tm.base, work.precision)
     own = tm.base in ("adaptive", "detector-aware")
     precision = autocast(arithmetic if own else "fp32", work.device)
     if tm.base == "adaptive":
