@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from aepurify.data import ImageDataset
+from aepurify.errors import ConfigError
 from aepurify.models import create_classifier, default_train
 from aepurify.training import TrainSettings, fit_classifier, run_minibatches
 from aepurify.training.airbench import triangle
@@ -72,6 +73,28 @@ def test_eval_forward_averages_the_image_and_its_mirror():
     assert torch.allclose(tta, want, atol=1e-5)
     net.train()
     assert net(x).shape == (3, 10)  # training mode: one pass, no mirror
+
+
+def test_flip_translate_averages_the_flip_averages_of_three_shifts():
+    """airbench's level-2 test-time augmentation, airbench95's default: half the flip average
+    of the image, a quarter each of those of the image moved one pixel (reflect padding) down-
+    right and up-left; gradients flow through all six views."""
+    torch.manual_seed(0)
+    net = create_classifier("airbench95", "cifar10").eval()
+    assert net.tta == "flip-translate"
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out = net(x)
+    net.tta = "flip"
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., 2:, 2:], padded[..., :32, :32]
+    assert torch.equal(up_left[..., 0, 0], x[..., 1, 1])
+    assert torch.equal(down_right[..., 1, 1], x[..., 0, 0])
+    want = 0.5 * net(x) + 0.25 * (net(up_left) + net(down_right))
+    assert torch.allclose(out, want, atol=1e-5)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="tta"):
+        create_classifier("airbench94", "cifar10", tta="translate")
 
 
 def test_triangle_schedule():
