@@ -17,7 +17,8 @@ from .threat_models import (BASES, EOT, VARIANTS, BPDAClassifier, ThreatModel, a
                             split_threat_model)
 
 __all__ = ["ATTACKS", "GRADIENT_FREE", "NORMS", "SINGLE_STEP", "Attack", "WithinBudget",
-           "build_attack", "gradient_free", "single_step", "attack_arithmetic", "CLASSIFIER_ONLY", "BASES", "VARIANTS", "EOT",
+           "build_attack", "gradient_free", "single_step", "attack_arithmetic", "CLASSIFIER_ONLY",
+           "BASES", "VARIANTS", "EOT",
            "BPDAClassifier", "FixedRandomness",
            "ThreatModel", "attack_module", "bpda_purify", "check_attack", "parse_threat_model",
            "split_threat_model", "resolve_threat_model", "NEvaluation", "n_evaluate",

@@ -121,8 +121,9 @@ def _specs(settings: CertifySettings, keys: dict[str, str], budget: int,
            device: torch.device) -> tuple[str, str]:
     """Hashes of what determines the certificates and the attacked verdicts."""
     base = {"keys": keys, "sigma": settings.sigma, "seed": settings.seed, "budget": budget}
-    if settings.counting(device) != "fp32":  # fp32 runs keep the keys of earlier versions
-        base["precision"] = settings.counting(device)
+    counting = settings.counting(device)
+    if counting != "fp32":  # fp32 runs keep the keys of earlier versions
+        base["precision"] = counting
     cert = stable_hash({**base, "n": settings.n, "n0": settings.n0, "alpha": settings.alpha})
     attack = stable_hash({**base, "attack": settings.attack.model_dump(), "alpha": settings.alpha,
                           "predict_n": settings.predict_n,

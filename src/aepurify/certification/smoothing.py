@@ -41,7 +41,7 @@ from ..checks import inputs_validated
 from ..errors import ConfigError
 from ..precision import Precision, autocast, channels_last_weights
 from ..purifiers.base import Identity
-from ..utils import derive_seed
+from ..utils import channels_last_input, derive_seed
 from .cohen import Certificate, Prediction, certify_from_counts, predict_from_counts
 
 
@@ -142,7 +142,7 @@ class SmoothedClassifier:
             for noise in noise_chunks(tuple(x.shape), num, self.sigma, generator, budget):
                 noisy = noise.to(x.device).add_(x).clamp_(0, 1)
                 if bf16:
-                    noisy = noisy.contiguous(memory_format=torch.channels_last)
+                    noisy = channels_last_input(noisy)
                 with autocast(self.precision, x.device):
                     pred = self.classifier(self.purifier(noisy)).float().argmax(1)
                 total += torch.bincount(pred, minlength=self.num_classes)
