@@ -183,10 +183,10 @@ class AirBench95(AirBench):
     """airbench95: widths (128, 384, 384) at 0.87x airbench94's learning rate (95.0 % on official
     CIFAR-10 pixels in 15 epochs in the paper; about 4x airbench94's compute per epoch).
     Trained 18 epochs here: on the CIFAR-10 JPEG copy 15 epochs reached 0.918 clean with flip
-    averaging, 18 reach 0.919 in 41 minutes on a 2-core CPU in bf16, and 22 reached 0.917; the
-    same 18-epoch weights read with airbench's own flip-and-translate averaging reach 0.9215,
-    which is therefore airbench95's default ``tta`` (docs/results.md, "The CIFAR-10
-    classifier").
+    averaging, 18 reached 0.919 and 22 reached 0.917; the same 18-epoch weights read with
+    airbench's own flip-and-translate averaging reach 0.9215, which is therefore airbench95's
+    default ``tta``: trained and tested end to end that way in 36 minutes on a 2-core CPU in
+    bf16 (docs/results.md, "The CIFAR-10 classifier").
     Arguments as :class:`AirBench`."""
 
     default_train: ClassVar[dict[str, Any]] = {**AirBench.default_train, "epochs": 18,
